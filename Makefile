@@ -1,0 +1,41 @@
+# Streaming completions reference apps. `make` alone lists the targets.
+VENV ?= .venv
+PYTHON ?= python3
+PORT ?= 8000
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run run-django dev-flask dev-django test check
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the apps with their test and dev tools
+
+run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
+	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
+
+run-django: $(STAMP) ## Serve the Django project under gunicorn+gevent on http://127.0.0.1:8000
+	$(BIN)/python manage.py migrate --verbosity 0
+	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) django_project.wsgi
+
+dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
+	$(BIN)/flask --app flask_app run --port $(PORT)
+
+dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+test: $(STAMP) ## Run the whole test suite (starts every server mode once)
+	$(BIN)/python -m pytest
+
+check: $(STAMP) ## Lint, format check and type check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""The Django reference project: the same routes as the Flask app, as Django views."""

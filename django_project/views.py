@@ -1,0 +1,120 @@
+"""The contract's routes as Django views: read the request, build the response.
+
+Validation, upstream calls, framing and cleanup live in ``shared``; a view here only
+translates between Django and that core.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
+
+from shared.guard import check_method, check_site, cors_headers, preflight_headers
+from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
+from shared.streaming import SSE_HEADERS, TEXT_HEADERS, StreamError, sse_frames, text_stream
+from shared.upstream import Upstream
+from shared.validation import json_body, messages_from_json, prompt_from_query
+
+View = Callable[[HttpRequest], HttpResponseBase]
+
+upstream = Upstream(settings.STREAM_SETTINGS)
+
+
+def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
+    """Answer ``method`` only; errors become the contract's JSON.
+
+    Django's CSRF token check is waived: these routes take only JSON bodies and
+    refuse cross-site requests (``shared.guard``), which is their CSRF defence, so
+    that API clients need no token.
+    """
+
+    def decorator(view: View) -> View:
+        @csrf_exempt
+        @functools.wraps(view)
+        def guarded(request: HttpRequest) -> HttpResponseBase:
+            origins = settings.STREAM_SETTINGS.cors_origins if same_site else ()
+            if request.method == "OPTIONS":
+                response: HttpResponseBase = HttpResponse(status=204)
+                del response["Content-Type"]
+                _set_headers(response, preflight_headers(request.headers, [method], origins))
+                return response
+            try:
+                check_method(request.method or "", [method])
+                if same_site:
+                    check_site(request.headers, origins)
+                response = view(request)
+            except StreamError as error:
+                response = HttpResponse(
+                    error.body(), status=error.status, content_type=JSON_CONTENT_TYPE, headers=error.headers
+                )
+            _set_headers(response, cors_headers(request.headers, origins))
+            return response
+
+        return guarded
+
+    return decorator
+
+
+def _set_headers(response: HttpResponseBase, headers: dict[str, str]) -> None:
+    for name, value in headers.items():
+        response[name] = value
+
+
+def _sse(request: HttpRequest, chunks: Any) -> StreamingHttpResponse:
+    body = sse_frames(
+        chunks,
+        keepalive_seconds=settings.STREAM_SETTINGS.keepalive_seconds,
+        client_socket=request.META.get("gunicorn.socket"),
+    )
+    return StreamingHttpResponse(body, headers=SSE_HEADERS)
+
+
+def _json(request: HttpRequest) -> dict[str, Any]:
+    return json_body(request.body, request.META.get("CONTENT_TYPE"))
+
+
+@route("GET", same_site=False)
+def index(request: HttpRequest) -> HttpResponse:
+    """The demo page."""
+    return HttpResponse(index_page(), content_type=HTML_CONTENT_TYPE)
+
+
+@route("GET", same_site=False)
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness, and which upstream answers (the page shows it)."""
+    return HttpResponse(health_body(settings.STREAM_SETTINGS), content_type=JSON_CONTENT_TYPE)
+
+
+@route("GET")
+def completion(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
+    prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
+    return _sse(request, upstream.complete(prompt))
+
+
+@route("GET")
+def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
+    prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
+    return _sse(request, upstream.chat([{"role": "user", "content": prompt}]))
+
+
+@route("POST")
+def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
+    messages = messages_from_json(_json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars)
+    return _sse(request, upstream.chat(messages))
+
+
+@route("POST")
+def api_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
+    messages = messages_from_json(_json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars)
+    body = text_stream(upstream.chat(messages), client_socket=request.META.get("gunicorn.socket"))
+    return StreamingHttpResponse(body, headers=TEXT_HEADERS)

@@ -1,0 +1,35 @@
+"""The Flask reference app: ``create_app()`` mounts the streaming blueprint."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response
+
+from flask_app.views import bp
+from shared.config import Settings
+from shared.guard import SECURITY_HEADERS
+from shared.upstream import Upstream
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app; settings come from the environment unless ``config`` has them."""
+    app = Flask(__name__)
+    settings = (config or {}).get("STREAM_SETTINGS") or Settings.from_env()
+    app.config["STREAM_SETTINGS"] = settings
+    app.extensions["upstream"] = Upstream(settings)
+    app.register_blueprint(bp)
+    app.after_request(_add_security_headers)
+    logging.getLogger("shared").info("Upstream: %s", settings.upstream_label)
+    return app
+
+
+def _add_security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    # Werkzeug upper-cases reason phrases; use the standard ones, as Django does.
+    response.status = f"{response.status_code} {HTTPStatus(response.status_code).phrase}"
+    return response

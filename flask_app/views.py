@@ -1,0 +1,127 @@
+"""The contract's routes as a Flask blueprint: read the request, build the response.
+
+Validation, upstream calls, framing and cleanup live in ``shared``; a view here only
+translates between Flask and that core.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from shared.config import Settings
+from shared.guard import check_method, check_site, cors_headers, preflight_headers
+from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
+from shared.streaming import SSE_HEADERS, TEXT_HEADERS, StreamError, sse_frames, text_stream
+from shared.upstream import Upstream
+from shared.validation import json_body, messages_from_json, prompt_from_query
+
+bp = Blueprint("stream", __name__)
+
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+View = Callable[[], Response]
+
+
+def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View], View]:
+    """Mount a view that answers ``method`` only; errors become the contract's JSON.
+
+    Every method reaches the view so that a wrong one gets the same JSON 405 as in
+    the Django app; ``same_site`` applies the cross-site rule of ``shared.guard``.
+    """
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        def guarded() -> Response:
+            origins = _settings().cors_origins if same_site else ()
+            if request.method == "OPTIONS":
+                return Response(status=204, headers=preflight_headers(request.headers, [method], origins))
+            try:
+                check_method(request.method, [method])
+                if same_site:
+                    check_site(request.headers, origins)
+                response = view()
+            except StreamError as error:
+                response = Response(
+                    error.body(), error.status, {**error.headers, "Content-Type": JSON_CONTENT_TYPE}
+                )
+            response.headers.update(cors_headers(request.headers, origins))
+            return response
+
+        bp.add_url_rule(path, view_func=guarded, methods=ANY_METHOD, provide_automatic_options=False)
+        return guarded
+
+    return decorator
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["STREAM_SETTINGS"]
+    return settings
+
+
+def _upstream() -> Upstream:
+    upstream: Upstream = current_app.extensions["upstream"]
+    return upstream
+
+
+def _sse(chunks: Any) -> Response:
+    return Response(
+        sse_frames(
+            chunks,
+            keepalive_seconds=_settings().keepalive_seconds,
+            client_socket=_client_socket(),
+        ),
+        headers=SSE_HEADERS,
+    )
+
+
+def _client_socket() -> Any:
+    environ = request.environ
+    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+
+
+def _json() -> dict[str, Any]:
+    return json_body(request.get_data(cache=False), request.content_type)
+
+
+@route("/", "GET", same_site=False)
+def index() -> Response:
+    """The demo page."""
+    return Response(index_page(), headers={"Content-Type": HTML_CONTENT_TYPE})
+
+
+@route("/healthz", "GET", same_site=False)
+def healthz() -> Response:
+    """Liveness, and which upstream answers (the page shows it)."""
+    return Response(health_body(_settings()), headers={"Content-Type": JSON_CONTENT_TYPE})
+
+
+@route("/completion", "GET")
+def completion() -> Response:
+    """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
+    prompt = prompt_from_query(request.args, _settings().max_prompt_chars)
+    return _sse(_upstream().complete(prompt))
+
+
+@route("/completionChat", "GET")
+def completion_chat() -> Response:
+    """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
+    prompt = prompt_from_query(request.args, _settings().max_prompt_chars)
+    return _sse(_upstream().chat([{"role": "user", "content": prompt}]))
+
+
+@route("/completions/chat", "POST")
+def completions_chat() -> Response:
+    """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
+    messages = messages_from_json(_json(), "prompt", _settings().max_prompt_chars)
+    return _sse(_upstream().chat(messages))
+
+
+@route("/api/stream", "POST")
+def api_stream() -> Response:
+    """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
+    messages = messages_from_json(_json(), "message", _settings().max_prompt_chars)
+    body = text_stream(_upstream().chat(messages), client_socket=_client_socket())
+    return Response(body, headers=TEXT_HEADERS)

@@ -1,0 +1,598 @@
+"""Relay an OpenAI-compatible completion stream as Server-Sent Events or raw text.
+
+One framework-agnostic core that Flask and Django views (and views copied into other
+apps) mount. It reads chunks from an openai SDK stream, from plain dicts, or from the
+raw SSE bytes of any OpenAI-compatible response; yields ``bytes`` for a WSGI body;
+calls optional callbacks; and closes the upstream when the client goes away.
+
+Deliberate choices a reader might want to "fix":
+
+- Deltas are split on ``\\r\\n|\\r|\\n`` and not ``str.splitlines()``: those three are
+  the only line ends of the SSE spec; ``splitlines`` also breaks at U+2028, ``\\x0b``
+  and friends, and drops a trailing newline.
+- A delta that is exactly ``[DONE]`` goes out as two events (``[DONE`` and ``]``) so
+  that only the real end of the stream reads as the end.
+- Keep-alive is an SSE comment: every parser ignores it, so it never shows as text.
+- The upstream is read by a helper thread (a greenlet under gevent) feeding a small
+  bounded queue: the response thread can then write keep-alives during silence and
+  notice a client that left, while backpressure still reaches the upstream.
+- Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
+  an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
+  that a client never mistakes a failure for a short answer.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import select
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+__all__ = [
+    "SSE_HEADERS",
+    "TEXT_HEADERS",
+    "ClientDisconnected",
+    "StreamError",
+    "UpstreamFailed",
+    "open_upstream",
+    "sse_event",
+    "sse_frames",
+    "text_stream",
+]
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+TEXT_HEADERS = {
+    "Content-Type": "text/plain; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    # Without it a browser sniffs the type and buffers the text until the end.
+    "X-Content-Type-Options": "nosniff",
+}
+DEFAULT_KEEPALIVE_SECONDS = 15.0
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
+_KEEPALIVE = b": keep-alive\n\n"
+_DONE = b"data: [DONE]\n\n"
+_QUEUE_SIZE = 8  # upstream reads buffered per stream before the upstream is paused
+_READER_JOIN_SECONDS = 1.0
+
+T = TypeVar("T")
+Usage = dict[str, int]
+Batch = list[str | Usage]  # what one upstream read gave: text deltas and usage
+
+
+class StreamError(Exception):
+    """A failure to answer with an HTTP status and a JSON body, before any byte."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        """The contract's error body: ``{"error": {"message", "type"}}``."""
+        error = {"message": self.message, "type": self.type}
+        return json.dumps({"error": error}).encode()
+
+
+class UpstreamFailed(Exception):
+    """The upstream failed after the first byte; raised to cut a raw text body off."""
+
+
+def open_upstream(create: Callable[[], T]) -> T:
+    """Call ``create`` (e.g. ``client.chat.completions.create(..., stream=True)``).
+
+    Maps the openai SDK's errors to a :class:`StreamError` carrying the contract's
+    status, so the view can answer before the first byte.
+    """
+    try:
+        return create()
+    except Exception as exc:
+        raise _as_stream_error(exc) from exc
+
+
+def _as_stream_error(exc: BaseException) -> StreamError:
+    import openai  # the SDK is only needed once something failed
+
+    if isinstance(exc, StreamError):
+        return exc
+    if isinstance(exc, UpstreamFailed):
+        return StreamError(502, str(exc), "upstream_error")
+    if isinstance(exc, openai.APITimeoutError):
+        return StreamError(504, "The upstream timed out.", "upstream_timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return StreamError(502, "Could not reach the upstream.", "upstream_unreachable")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 400:
+            return StreamError(400, _upstream_message(exc), "upstream_bad_request")
+        if status == 429:
+            retry_after = exc.response.headers.get("retry-after")
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return StreamError(
+                429, "The upstream is rate limiting requests.", "rate_limited", headers
+            )
+        return StreamError(502, f"The upstream answered {status}.", "upstream_error")
+    if isinstance(exc, openai.APIError):
+        return StreamError(502, _redact(exc.message), "upstream_error")
+    return StreamError(502, "The upstream failed.", "upstream_error")
+
+
+def _upstream_message(exc: Any) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = body.get("message") or body.get("error", {}).get("message") or exc.message
+    return _redact(str(message))
+
+
+def _redact(message: str) -> str:
+    """Hide anything shaped like a credential that an upstream message quotes."""
+    return _KEY_LIKE.sub("[redacted]", message)
+
+
+# --- Reading chunks -----------------------------------------------------------------
+
+
+def _field(obj: Any, name: str) -> Any:
+    """Read a field from a dict or from an SDK (pydantic) object alike."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _chunk_items(chunk: Any) -> Batch:
+    """Text and usage in one chunk of chat, legacy completions or Responses events."""
+    error = _field(chunk, "error")
+    if error and _field(chunk, "type") != "response.failed":
+        raise UpstreamFailed(_redact(str(_field(error, "message") or error)))
+    items: Batch = []
+    kind = _field(chunk, "type")
+    if kind:  # Responses API event
+        if kind == "response.output_text.delta":
+            items.append(_field(chunk, "delta") or "")
+        elif kind == "response.completed":
+            usage = _field(_field(chunk, "response"), "usage")
+            if usage:
+                items.append(_usage(usage, "input_tokens", "output_tokens"))
+        elif kind in ("response.failed", "error"):
+            error = _field(_field(chunk, "response"), "error") or chunk
+            raise UpstreamFailed(_redact(str(_field(error, "message") or kind)))
+        return items
+    for choice in _field(chunk, "choices") or ():
+        if _field(choice, "index") not in (0, None):
+            continue
+        # Providers differ: a delta (chat), text (legacy), or a whole message.
+        message = _field(choice, "delta") or _field(choice, "message")
+        text = _field(message, "content") if message else _field(choice, "text")
+        if text:
+            items.append(text)
+    usage = _field(chunk, "usage")
+    if usage:
+        items.append(_usage(usage, "prompt_tokens", "completion_tokens"))
+    return items
+
+
+def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
+    prompt = int(_field(usage, prompt_key) or 0)
+    completion = int(_field(usage, completion_key) or 0)
+    total = int(_field(usage, "total_tokens") or prompt + completion)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
+    """Decode raw SSE bytes into the ``data`` of each event, one list per read.
+
+    NOTE: as per the spec, lines end at CRLF, CR or LF, a CR may end one read and its
+    LF start the next, and an event is dispatched at a blank line. Splitting bytes is
+    safe for UTF-8: no multi-byte sequence contains a CR or LF byte.
+    """
+    pending = b""
+    data: list[bytes] = []
+    for read in reads:
+        pending += read
+        lines = re.split(rb"\r\n|\r(?!$)|\n", pending)
+        pending = lines.pop()  # an incomplete line, or a lone CR awaiting its LF
+        if pending.endswith(b"\r"):
+            lines.append(pending[:-1])
+            pending = b"\r"
+        events: list[str] = []
+        for line in lines:
+            if line == b"\r":
+                continue  # a CR already counted as a line end
+            if not line:
+                if data:
+                    events.append(b"\n".join(data).decode("utf-8", "replace"))
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            # event:, id:, retry: and comments carry nothing the relay needs
+        if events:
+            yield events
+    if data:  # tolerate a provider that ends without the final blank line
+        yield [b"\n".join(data).decode("utf-8", "replace")]
+
+
+def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
+    """Normalise any accepted upstream into batches of text deltas and usage."""
+    iterator = iter(chunks)
+    for first in iterator:
+        break
+    else:
+        return
+    if isinstance(first, (bytes, bytearray)):
+        reads = _prepend(bytes(first), iterator)
+        for payloads in _sse_payloads(reads):
+            batch: Batch = []
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    yield batch
+                    return
+                try:
+                    batch.extend(_chunk_items(json.loads(payload)))
+                except ValueError as exc:
+                    raise UpstreamFailed("The upstream sent a malformed chunk.") from exc
+            yield batch
+        return
+    yield _chunk_items(first)
+    for chunk in iterator:
+        yield _chunk_items(chunk)
+
+
+def _prepend(first: bytes, rest: Iterator[Any]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+# --- Framing -----------------------------------------------------------------------
+
+
+def sse_event(text: str) -> bytes:
+    """Frame one text delta so that a conforming parser's ``data`` gives it back."""
+    if text == "[DONE]":
+        return b"data: [DONE\n\ndata: ]\n\n"
+    if "\n" not in text and "\r" not in text:
+        return b"data: " + _utf8(text) + b"\n\n"
+    lines = _LINE_BREAK.split(text)
+    return b"".join(b"data: " + _utf8(line) + b"\n" for line in lines) + b"\n"
+
+
+def _named_event(name: str, payload: Mapping[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def _utf8(text: str) -> bytes:
+    # A lone surrogate (possible in JSON text) can't be UTF-8: send U+FFFD instead.
+    return text.encode("utf-8", "replace")
+
+
+def sse_frames(
+    chunks: Iterable[Any],
+    *,
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
+    client_socket: socket.socket | None = None,
+    on_start: Callable[[], object] | None = None,
+    on_token: Callable[[str], object] | None = None,
+    on_completion: Callable[[str], object] | None = None,
+    on_usage: Callable[[Usage], object] | None = None,
+    on_error: Callable[[BaseException], object] | None = None,
+) -> Iterable[bytes]:
+    """Stream ``chunks`` as the contract's SSE body: text events, usage, ``[DONE]``.
+
+    ``client_socket`` (the WSGI server's, e.g. ``environ["gunicorn.socket"]``) lets a
+    client that leaves be noticed while the upstream is silent.
+    """
+
+    def frames(relay: _Relay) -> Iterator[bytes]:
+        try:
+            for batch in relay:
+                if batch is None:
+                    yield _KEEPALIVE
+                    continue
+                out = b"".join(
+                    sse_event(item) if isinstance(item, str) else _named_event("usage", item)
+                    for item in batch
+                )
+                if out:
+                    yield out
+        except ClientDisconnected:
+            return
+        except Exception as exc:  # any failure is reported to the client
+            error = _as_stream_error(exc)
+            yield _named_event("error", {"message": error.message, "type": error.type})
+        else:
+            yield _DONE
+
+    callbacks = _Callbacks(on_start, on_token, on_completion, on_usage, on_error)
+    relay = _Relay(chunks, keepalive_seconds, client_socket, callbacks)
+    relay.start(first_output_within=keepalive_seconds)
+    return _ClosingIterable(frames(relay), relay)
+
+
+def text_stream(
+    chunks: Iterable[Any],
+    *,
+    client_socket: socket.socket | None = None,
+    on_start: Callable[[], object] | None = None,
+    on_token: Callable[[str], object] | None = None,
+    on_completion: Callable[[str], object] | None = None,
+    on_usage: Callable[[Usage], object] | None = None,
+    on_error: Callable[[BaseException], object] | None = None,
+) -> Iterable[bytes]:
+    """Stream ``chunks`` as raw UTF-8 text; a failure raises :class:`UpstreamFailed`.
+
+    The exception makes the WSGI server drop the connection without the body's final
+    chunk, so a client sees an error rather than a silently shortened answer.
+    """
+
+    def texts(relay: _Relay) -> Iterator[bytes]:
+        try:
+            for batch in relay:
+                out = b"".join(_utf8(item) for item in batch or () if isinstance(item, str))
+                if out:
+                    yield out
+        except ClientDisconnected:
+            return
+        except UpstreamFailed:
+            raise
+        except Exception as exc:
+            raise UpstreamFailed(_as_stream_error(exc).message) from exc
+
+    callbacks = _Callbacks(on_start, on_token, on_completion, on_usage, on_error)
+    # No keep-alive in raw text: any byte written would become part of the answer.
+    relay = _Relay(chunks, None, client_socket, callbacks)
+    relay.start(first_output_within=None)
+    return _ClosingIterable(texts(relay), relay)
+
+
+# --- Lifecycle -----------------------------------------------------------------------
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection; the stream ends without another byte."""
+
+
+class _Callbacks:
+    """The optional hooks, called from the thread that writes the response."""
+
+    def __init__(
+        self,
+        on_start: Callable[[], object] | None,
+        on_token: Callable[[str], object] | None,
+        on_completion: Callable[[str], object] | None,
+        on_usage: Callable[[Usage], object] | None,
+        on_error: Callable[[BaseException], object] | None,
+    ) -> None:
+        self.on_start, self.on_token, self.on_usage = on_start, on_token, on_usage
+        self.on_completion, self.on_error = on_completion, on_error
+        self._parts: list[str] = []  # kept only when on_completion wants the text
+
+    def batch(self, batch: Batch) -> None:
+        for item in batch:
+            if isinstance(item, str):
+                if self.on_token:
+                    self.on_token(item)
+                if self.on_completion:
+                    self._parts.append(item)
+            elif self.on_usage:
+                self.on_usage(item)
+
+    def complete(self) -> None:
+        if self.on_completion:
+            self.on_completion("".join(self._parts))
+
+
+_END = object()
+_GONE = object()
+
+
+def _gevent_active() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("socket"))
+
+
+class _Relay:
+    """Batches from the upstream, read by a helper; ``None`` when a keep-alive is due.
+
+    Under gevent the helpers are greenlets, killed on close so that the upstream
+    response is closed by the greenlet reading it. Under threads, the upstream socket
+    is shut down to wake a reader blocked on it.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[Any],
+        keepalive_seconds: float | None,
+        client_socket: socket.socket | None,
+        callbacks: _Callbacks,
+    ) -> None:
+        self._chunks = chunks
+        self._keepalive = keepalive_seconds
+        self._client_socket = client_socket
+        self._callbacks = callbacks
+        self._queue: queue.Queue[object] = queue.Queue(_QUEUE_SIZE)
+        self._stop = threading.Event()
+        self._gevent = _gevent_active()
+        self._helpers: list[Any] = []
+        self._started = False
+        self._first: object = None
+
+    def start(self, first_output_within: float | None) -> None:
+        """Start reading, and wait up to the given time for the first output.
+
+        A failure before any output raises :class:`StreamError`, so that the view
+        still answers with the contract's status instead of a 200 it can't take
+        back. Silence past the wait lets the response start (with a keep-alive).
+        """
+        self._started = True
+        if self._callbacks.on_start:
+            self._callbacks.on_start()
+        self._spawn(self._read)
+        if self._client_socket is not None:
+            self._spawn(self._watch_client)
+        while True:
+            try:
+                item = self._queue.get(timeout=first_output_within)
+            except queue.Empty:
+                return
+            if item == []:
+                continue  # e.g. the role-only first chunk: nothing to write yet
+            if isinstance(item, BaseException):
+                self.close()
+                if self._callbacks.on_error:
+                    self._callbacks.on_error(item)
+                raise _as_stream_error(item) from item
+            self._first = item
+            return
+
+    def __iter__(self) -> Iterator[Batch | None]:
+        while True:
+            if self._first is not None:
+                item, self._first = self._first, None
+            else:
+                try:
+                    item = self._queue.get(timeout=self._keepalive)
+                except queue.Empty:
+                    yield None
+                    continue
+            if item is _END:
+                self._callbacks.complete()
+                return
+            if item is _GONE:
+                raise ClientDisconnected
+            if isinstance(item, BaseException):
+                if self._callbacks.on_error:
+                    self._callbacks.on_error(item)
+                raise item
+            batch: Batch = item  # type: ignore[assignment]
+            self._callbacks.batch(batch)
+            yield batch
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        if self._gevent:
+            import gevent
+
+            self._helpers.append(gevent.spawn(target))
+        else:
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._helpers.append(thread)
+
+    def _read(self) -> None:
+        reads = self._chunks.iter_bytes() if hasattr(self._chunks, "iter_bytes") else self._chunks
+        try:
+            for batch in _batches(reads):
+                if not self._put(batch):
+                    return
+            self._put(_END)
+        except Exception as exc:
+            if not self._stop.is_set():
+                self._put(exc)
+        finally:
+            # Close the upstream response even when the client left mid-stream:
+            # this is what stops the model generating (and billing).
+            _close(self._chunks)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _watch_client(self) -> None:
+        """Notice a client that closed its connection, even while the upstream is silent."""
+        poller = select.poll()
+        poller.register(self._client_socket, select.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(None if self._gevent else 500):
+                continue
+            try:
+                peeked = self._client_socket.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            except OSError:
+                peeked = b""
+            if not peeked:  # end of file: the client is gone
+                self._stop.set()
+                _shutdown(self._chunks)
+                try:
+                    self._queue.put_nowait(_GONE)
+                except queue.Full:
+                    pass  # the writer is busy and will fail on its next write
+            return  # any other byte is the client's next request: not ours to read
+
+    def close(self) -> None:
+        """Stop the helpers and close the upstream; safe to call more than once."""
+        self._stop.set()
+        if not self._started:
+            _close(self._chunks)  # opened by the view, never read
+            return
+        if self._gevent:
+            import gevent
+
+            gevent.killall(self._helpers, block=True, timeout=_READER_JOIN_SECONDS)
+        else:
+            _shutdown(self._chunks)
+            for thread in self._helpers:
+                thread.join(_READER_JOIN_SECONDS)
+        self._helpers.clear()
+
+
+def _shutdown(chunks: object) -> None:
+    """Shut down the upstream socket: the upstream sees the close at once."""
+    response = getattr(chunks, "response", None) or getattr(chunks, "http_response", chunks)
+    extensions = getattr(response, "extensions", None)
+    stream = extensions.get("network_stream") if isinstance(extensions, dict) else None
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def _close(chunks: object) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+class _ClosingIterable:
+    """The WSGI body: ``close()`` ends the relay even if iteration never started.
+
+    Werkzeug and Django both call ``close()`` on the body when the response ends,
+    including when the client disconnected, so cleanup rides on it.
+    """
+
+    def __init__(self, body: Iterator[bytes], relay: _Relay) -> None:
+        self._body = body
+        self._relay = relay
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            self._body.close()  # type: ignore[attr-defined]
+        finally:
+            self._relay.close()

@@ -1,0 +1,91 @@
+"""The openai client of one server process, and the calls the routes make with it.
+
+The client is created on first use, not at import: under gunicorn that is inside the
+worker, after gevent has patched ``socket`` and ``ssl``. A client (and its SSL
+context) made before the patch fails every HTTPS request under gevent
+(``TypeError: super(type, obj)`` in ``ssl.wrap_socket``), and a connection pool made
+before ``fork`` would be shared by every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import httpx2
+import openai
+
+from shared.config import PLACEHOLDER_API_KEY, Settings
+from shared.demo import DEMO_BASE_URL, DemoTransport
+from shared.streaming import open_upstream
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+class Upstream:
+    """Opens streamed completions for the routes, per the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: openai.OpenAI | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> openai.OpenAI:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> openai.OpenAI:
+        settings = self.settings
+        if settings.uses_demo:
+            log.warning(
+                "No OPENAI_API_KEY or OPENAI_BASE_URL: answering with the offline "
+                "demo model."
+            )
+            return openai.OpenAI(
+                api_key="demo",
+                base_url=DEMO_BASE_URL,
+                http_client=httpx2.Client(transport=DemoTransport()),
+            )
+        return openai.OpenAI(
+            api_key=settings.api_key or PLACEHOLDER_API_KEY,
+            base_url=settings.base_url,
+            # Connecting and each read wait at most this long; a stream may run longer.
+            timeout=settings.upstream_timeout_seconds,
+        )
+
+    def chat(self, messages: Messages) -> Iterable[Any]:
+        """Stream a chat answer through Chat Completions or the Responses API."""
+        settings = self.settings
+        if settings.chat_api == "responses":
+            return open_upstream(
+                lambda: self.client.responses.create(
+                    model=settings.model, input=messages, stream=True  # type: ignore[arg-type]
+                )
+            )
+        return open_upstream(
+            lambda: self.client.chat.completions.create(
+                model=settings.model,
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+
+    def complete(self, prompt: str) -> Iterable[Any]:
+        """Stream a legacy completion for ``prompt``."""
+        return open_upstream(
+            lambda: self.client.completions.create(
+                model=self.settings.completion_model,
+                prompt=prompt,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )

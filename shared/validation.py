@@ -1,0 +1,85 @@
+"""Turn query strings and JSON bodies into prompts and messages, or a 400/415.
+
+Both apps validate here so that the same bad request gets the same error bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from shared.streaming import StreamError
+
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+Messages = list[dict[str, str]]
+
+
+def prompt_from_query(query: Mapping[str, str], max_chars: int) -> str:
+    """The ``?prompt=`` of a GET route."""
+    return _checked_prompt(query.get("prompt"), "prompt", max_chars)
+
+
+def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """Parse a POST body, which must be a JSON object sent as ``application/json``."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise StreamError(
+            415,
+            f"Send the body as application/json, got {content_type or 'no type'!r}.",
+            "unsupported_media_type",
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise StreamError(400, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise StreamError(400, "The body must be a JSON object.")
+    return data
+
+
+def messages_from_json(
+    data: Mapping[str, Any], prompt_key: str, max_chars: int
+) -> Messages:
+    """``{prompt_key: str}`` as one user message, or ``{"messages": [...]}``."""
+    if "messages" in data:
+        return _checked_messages(data["messages"], max_chars)
+    prompt = _checked_prompt(data.get(prompt_key), prompt_key, max_chars)
+    return [{"role": "user", "content": prompt}]
+
+
+def _checked_prompt(value: object, name: str, max_chars: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StreamError(400, f"Give a non-empty {name!r} string.")
+    if len(value) > max_chars:
+        raise StreamError(
+            400, f"The {name!r} is {len(value)} characters; the limit is {max_chars}."
+        )
+    return value
+
+
+def _checked_messages(value: object, max_chars: int) -> Messages:
+    if not isinstance(value, list) or not value:
+        raise StreamError(400, "'messages' must be a non-empty list.")
+    messages: Messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise StreamError(400, f"messages[{index}] must be an object.")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise StreamError(
+                400,
+                f"messages[{index}].role must be one of {sorted(ROLES)}, got {role!r}.",
+            )
+        if not isinstance(content, str):
+            raise StreamError(400, f"messages[{index}].content must be a string.")
+        messages.append({"role": role, "content": content})
+    total = sum(len(m["content"]) for m in messages)
+    if total > max_chars:
+        raise StreamError(
+            400, f"The messages hold {total} characters; the limit is {max_chars}."
+        )
+    if not any(m["content"].strip() for m in messages):
+        raise StreamError(400, "Every message is empty: give some content.")
+    return messages

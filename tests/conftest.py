@@ -1,0 +1,121 @@
+"""Fixtures: fake upstreams (plain and TLS) and the apps as real server processes.
+
+Every server configuration is started once per session, on first use, and stopped
+by its PID when the session ends. Contract tests take the ``server`` fixture, which
+is parametrized over the four ways of serving the apps (plus gunicorn+gevent against
+the TLS upstream), so one test body covers every server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.servers import (
+    ALL_KINDS,
+    DJANGO_GUNICORN,
+    FLASK_GUNICORN,
+    Server,
+    ServerKind,
+    free_port,
+)
+
+# Unique per run: a test greps every response and log line for it.
+FAKE_API_KEY = f"sk-test-{uuid.uuid4().hex}"
+KEEPALIVE_SECONDS = 1.0
+UPSTREAM_TIMEOUT_SECONDS = 4.0
+CORS_ORIGIN = "http://allowed.example"
+# Low enough that a too-long prompt still fits in a URL (gunicorn refuses lines
+# over 4094 bytes with its own 414).
+MAX_PROMPT_CHARS = 2000
+
+
+class ServerPool:
+    """Starts each (kind, configuration) once and keeps it for the session."""
+
+    def __init__(self, upstreams: dict[str, FakeUpstream], log_dir: Path) -> None:
+        self._upstreams = upstreams
+        self._log_dir = log_dir
+        self._servers: dict[tuple[str, str], Server] = {}
+
+    def get(self, kind: ServerKind, config: str = "plain") -> Server:
+        key = (kind.name, config)
+        if key not in self._servers:
+            env = self._env(config)
+            log = self._log_dir / f"{kind.name}-{config}.log"
+            self._servers[key] = Server(kind, env, log).start()
+        return self._servers[key]
+
+    def _env(self, config: str) -> dict[str, str]:
+        env = {
+            "OPENAI_API_KEY": FAKE_API_KEY,
+            "STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
+            "STREAM_UPSTREAM_TIMEOUT_SECONDS": str(UPSTREAM_TIMEOUT_SECONDS),
+            "STREAM_CORS_ORIGINS": CORS_ORIGIN,
+            "STREAM_MAX_PROMPT_CHARS": str(MAX_PROMPT_CHARS),
+            "GRACEFUL_TIMEOUT": "3",
+        }
+        if config == "refused":  # nothing listens there
+            env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
+            return env
+        upstream = self._upstreams["tls" if config == "tls" else "plain"]
+        env["OPENAI_BASE_URL"] = upstream.base_url
+        if upstream.ca_file:
+            env["SSL_CERT_FILE"] = str(upstream.ca_file)
+        if config == "responses":
+            env["OPENAI_CHAT_API"] = "responses"
+        return env
+
+    def all(self) -> list[Server]:
+        return list(self._servers.values())
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(tls=False) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def tls_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(tls=True) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def pool(
+    upstream: FakeUpstream, tls_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerPool]:
+    pool = ServerPool(
+        {"plain": upstream, "tls": tls_upstream}, tmp_path_factory.mktemp("server-logs")
+    )
+    yield pool
+    pool.stop()
+
+
+SERVER_PARAMS = [
+    *[pytest.param((kind, "plain"), id=kind.name) for kind in ALL_KINDS],
+    pytest.param((FLASK_GUNICORN, "tls"), id="flask-gunicorn-tls"),
+    pytest.param((DJANGO_GUNICORN, "tls"), id="django-gunicorn-tls"),
+]
+
+
+@pytest.fixture(params=SERVER_PARAMS)
+def server(request: pytest.FixtureRequest, pool: ServerPool) -> Server:
+    """Each of the four servers against the plain upstream, and gunicorn over TLS."""
+    kind, config = request.param
+    return pool.get(kind, config)
+
+
+@pytest.fixture
+def fake(server: Server, upstream: FakeUpstream, tls_upstream: FakeUpstream) -> FakeUpstream:
+    """The fake upstream that ``server`` talks to."""
+    return tls_upstream if server.env.get("SSL_CERT_FILE") else upstream

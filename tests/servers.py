@@ -1,0 +1,153 @@
+"""Start the apps as real server processes, the way the contract says to run them.
+
+Each server is started once per test session (``conftest.py``) and stopped by its
+PID at the end. Its output goes to a file that tests read (to check that no secret
+reaches a log line).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """One of the contract's four ways to serve an app."""
+
+    name: str
+    framework: str  # "flask" or "django"
+    production: bool  # gunicorn+gevent, or the framework's development server
+
+    def command(self, port: int) -> list[str]:
+        if not self.production:
+            if self.framework == "flask":
+                return [str(BIN / "flask"), "--app", "flask_app", "run", "--port", str(port)]
+            return [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                f"127.0.0.1:{port}",
+                "--noreload",
+            ]
+        target = "flask_app:create_app()" if self.framework == "flask" else "django_project.wsgi"
+        return [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            target,
+        ]
+
+
+FLASK_DEV = ServerKind("flask-run", "flask", production=False)
+DJANGO_DEV = ServerKind("django-runserver", "django", production=False)
+FLASK_GUNICORN = ServerKind("flask-gunicorn", "flask", production=True)
+DJANGO_GUNICORN = ServerKind("django-gunicorn", "django", production=True)
+ALL_KINDS = (FLASK_DEV, DJANGO_DEV, FLASK_GUNICORN, DJANGO_GUNICORN)
+
+
+@dataclass
+class Server:
+    """A running server process on 127.0.0.1."""
+
+    kind: ServerKind
+    env: dict[str, str]
+    log_path: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    def start(self) -> Server:
+        self.port = free_port()
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            if name not in self.env:
+                env.pop(name, None)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.kind.command(self.port),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log()}")
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer within {START_TIMEOUT_SECONDS}s")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period: only the process we started."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One whole request: status, headers and the body read to its end."""
+        conn = self.connection(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def worker_pid(self) -> int:
+        """The PID that serves requests: gunicorn's single worker, or the server."""
+        assert self.process is not None
+        if not self.kind.production:
+            return self.process.pid
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return int(children.read_text().split()[0])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

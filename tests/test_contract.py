@@ -1,0 +1,444 @@
+"""The contract (../shared/CONTRACT.md), checked over real HTTP against every server.
+
+Each test runs once per server: flask run, runserver, gunicorn+gevent for each app,
+and both gunicorn servers again against the TLS upstream.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.client import error_of, get_chat, parse_sse, post_json, texts
+from tests.conftest import CORS_ORIGIN, MAX_PROMPT_CHARS
+from tests.fake_upstream import Abort, Done, ErrorEvent, FakeUpstream, Raw, Sleep, Text, Usage
+from tests.servers import Server
+
+SSE_ROUTES = [
+    ("GET", "/completion"),
+    ("GET", "/completionChat"),
+    ("POST", "/completions/chat"),
+]
+TRICKY_DELTAS = [
+    "Hello",
+    " two\nlines",
+    "crlf\r\nand cr\rend",
+    "\n",
+    "\n\nevent: error\ndata: forged",
+    "data: lookalike",
+    ": not a comment",
+    "trailing newline\n",
+    "  leading spaces",
+    "emoji 🎉 and ü",
+    "[DONE]",
+    "id: 1",
+]
+
+
+def stream(server: Server, method: str, path: str, prompt: str, **kw: object):  # type: ignore[no-untyped-def]
+    if method == "GET":
+        return get_chat(server, prompt, path, **kw)
+    return post_json(server, path, {"prompt": prompt}, **kw)
+
+
+def test_index_page_is_served(server: Server) -> None:
+    status, headers, body = server.request("GET", "/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b"<html" in body and b"textContent" in body
+
+
+def test_healthz_reports_the_upstream_kind(server: Server) -> None:
+    status, headers, body = server.request("GET", "/healthz")
+    assert status == 200
+    assert json.loads(body) == {"status": "ok", "upstream": "openai-compatible"}
+
+
+@pytest.mark.parametrize(("method", "path"), SSE_ROUTES)
+def test_sse_routes_send_the_contract_headers(
+    server: Server, fake: FakeUpstream, method: str, path: str
+) -> None:
+    script = fake.script(Text("hi"), Done())
+    status, headers, body = stream(
+        server, method, path, f"x {script.marker}", headers={"Accept-Encoding": "gzip"}
+    )
+    assert status == 200
+    assert headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["X-Accel-Buffering"] == "no"
+    assert "Content-Length" not in headers
+    assert "Content-Encoding" not in headers
+    assert body == b"data: hi\n\ndata: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(("method", "path"), SSE_ROUTES)
+def test_each_delta_comes_back_exactly_from_a_conforming_parser(
+    server: Server, fake: FakeUpstream, method: str, path: str
+) -> None:
+    script = fake.script(*[Text(d) for d in TRICKY_DELTAS], Usage(7, 12), Done())
+    status, _, body = stream(server, method, path, f"tricky {script.marker}")
+    assert status == 200
+    events = parse_sse(body)
+    normalised = [d.replace("\r\n", "\n").replace("\r", "\n") for d in TRICKY_DELTAS]
+    expected = [d for d in normalised if d != "[DONE]"]
+    expected.insert(normalised.index("[DONE]"), "]")
+    expected.insert(normalised.index("[DONE]"), "[DONE")
+    assert texts(events) == expected
+    assert [e.event for e in events][-2:] == ["usage", "message"]
+    assert json.loads(events[-2].data) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 12,
+        "total_tokens": 19,
+    }
+    assert events[-1].data == "[DONE]"
+    assert sum(e.data == "[DONE]" for e in events) == 1
+
+
+def test_multiline_delta_is_written_as_data_lines_byte_for_byte(
+    server: Server, fake: FakeUpstream
+) -> None:
+    script = fake.script(Text("a\r\nb\rc\n"), Text("[DONE]"), Usage(1, 2), Done())
+    _, _, body = get_chat(server, f"bytes {script.marker}")
+    assert body == (
+        b"data: a\ndata: b\ndata: c\ndata: \n\n"
+        b"data: [DONE\n\ndata: ]\n\n"
+        b'event: usage\ndata: {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}\n\n'
+        b"data: [DONE]\n\n"
+    )
+
+
+def test_provider_quirks_do_not_break_the_stream(server: Server, fake: FakeUpstream) -> None:
+    emoji = "🎉".encode()
+    chunk = '{"object":"chat.completion","choices":[{"index":0,"message":{"content":"%s"}}],"x_extra":{"a":1}}'
+    script = fake.script(
+        Raw(b": provider comment\r\n\r\n"),
+        Raw(b'data: {"id":"1","choices":[],"provider_field":true}\r\n\r\n'),
+        Raw(("data: " + chunk % "whole").encode() + b"\r\n\r\n"),
+        Raw(b'data: {"choices":[{"index":0,"delta":{"content":"sp'),
+        Raw(b'lit "},"finish_reason":null}]}\n\ndata: {"choices":[{"delta":{"content":"' + emoji[:2]),
+        Raw(emoji[2:] + b'"}}]}\n\n'),
+        # no [DONE]: the body simply ends
+    )
+    status, _, body = get_chat(server, f"quirks {script.marker}")
+    assert status == 200
+    events = parse_sse(body)
+    assert texts(events) == ["whole", "split ", "🎉"]
+    assert events[-1].data == "[DONE]"
+
+
+def test_legacy_completion_route_calls_the_completions_api(
+    server: Server, fake: FakeUpstream
+) -> None:
+    script = fake.script(Text("Once"), Text(" upon"), Done())
+    _, _, body = get_chat(server, f"tell {script.marker}", "/completion")
+    assert texts(parse_sse(body)) == ["Once", " upon"]
+    request = script.wait_for_request()
+    assert request.path == "/v1/completions"
+    assert request.json["model"] == "gpt-3.5-turbo-instruct"
+    assert request.json["prompt"] == f"tell {script.marker}"
+    assert request.json["stream"] is True
+
+
+def test_chat_routes_send_the_messages_to_the_chat_api(
+    server: Server, fake: FakeUpstream
+) -> None:
+    script = fake.script(Text("ok"), Done())
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": f"hi {script.marker}"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "more"},
+    ]
+    status, _, body = post_json(server, "/completions/chat", {"messages": messages})
+    assert status == 200 and texts(parse_sse(body)) == ["ok"]
+    request = script.wait_for_request()
+    assert request.path == "/v1/chat/completions"
+    assert request.json["messages"] == messages
+    assert request.json["model"] == "gpt-4o-mini"
+    assert request.headers["authorization"].startswith("Bearer sk-test-")
+
+
+def test_raw_text_route_sends_the_deltas_byte_for_byte(
+    server: Server, fake: FakeUpstream
+) -> None:
+    emoji = "👩‍💻".encode()
+    script = fake.script(
+        Text("line one\r\n"),
+        Raw(b'data: {"choices":[{"index":0,"delta":{"content":"' + emoji[:5]),
+        Raw(emoji[5:] + b' [DONE]"}}]}\n\n'),
+        Text("\n\nevent: error\ndata: x"),
+        Usage(1, 1),
+        Done(),
+    )
+    for payload in ({"message": f"m {script.marker}"},
+                    {"messages": [{"role": "user", "content": f"m {script.marker}"}]}):
+        status, headers, body = post_json(server, "/api/stream", payload)
+        assert status == 200
+        assert headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert headers["Cache-Control"] == "no-cache"
+        assert headers["X-Accel-Buffering"] == "no"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert body == "line one\r\n👩‍💻 [DONE]\n\nevent: error\ndata: x".encode()
+
+
+BAD_REQUESTS = [
+    pytest.param("GET", "/completionChat", None, id="missing-prompt"),
+    pytest.param("GET", "/completionChat?prompt=", None, id="empty-prompt"),
+    pytest.param("GET", "/completion?prompt=%20%20", None, id="blank-prompt"),
+    pytest.param("POST", "/completions/chat", b"{not json", id="bad-json"),
+    pytest.param("POST", "/completions/chat", b"[1, 2]", id="not-an-object"),
+    pytest.param("POST", "/completions/chat", b'{"prompt": 5}', id="prompt-not-string"),
+    pytest.param("POST", "/completions/chat", b'{"messages": []}', id="no-messages"),
+    pytest.param("POST", "/completions/chat", b'{"messages": "hi"}', id="messages-not-list"),
+    pytest.param("POST", "/completions/chat", b'{"messages": [{"role": "wizard", "content": "x"}]}', id="unknown-role"),
+    pytest.param("POST", "/completions/chat", b'{"messages": [{"role": "user", "content": 3}]}', id="content-not-string"),
+    pytest.param("POST", "/api/stream", b'{"prompt": "wrong key"}', id="raw-wants-message"),
+    pytest.param("POST", "/api/stream", b'{"message": "' + b"x" * (MAX_PROMPT_CHARS + 1) + b'"}', id="too-long"),
+    pytest.param("GET", "/completionChat?prompt=" + "y" * (MAX_PROMPT_CHARS + 1), None, id="query-too-long"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BAD_REQUESTS)
+def test_bad_requests_get_400_without_an_upstream_call(
+    server: Server, fake: FakeUpstream, method: str, path: str, body: bytes | None
+) -> None:
+    before = len(fake.requests)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    response = server.request(method, path, body, headers)
+    assert response[0] == 400
+    assert error_of(response)["message"]
+    assert len(fake.requests) == before
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_post_routes_take_only_json_bodies(server: Server, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ("/completions/chat", "/api/stream"):
+        response = server.request("POST", path, b'{"prompt": "hi", "message": "hi"}', headers)
+        assert response[0] == 415
+        assert error_of(response)["type"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/completionChat", "GET"),
+        ("DELETE", "/completion", "GET"),
+        ("HEAD", "/completionChat", "GET"),
+        ("GET", "/completions/chat", "POST"),
+        ("PUT", "/api/stream", "POST"),
+    ],
+)
+def test_wrong_method_gets_405_with_allow(server: Server, method: str, path: str, allowed: str) -> None:
+    status, headers, body = server.request(method, path + "?prompt=hi")
+    assert status == 405
+    assert headers["Allow"] == f"{allowed}, OPTIONS"
+    if method != "HEAD":
+        assert error_of((status, headers, body))["type"] == "method_not_allowed"
+
+
+def test_upstream_400_is_passed_on_with_its_message(server: Server, fake: FakeUpstream) -> None:
+    message = "This model's maximum context length is 128000 tokens."
+    script = fake.script(
+        status=400,
+        body={"error": {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}},
+    )
+    response = post_json(server, "/completions/chat", {"prompt": f"long {script.marker}"})
+    assert response[0] == 400
+    assert error_of(response)["message"] == message
+
+
+def test_upstream_429_is_passed_on_with_retry_after(server: Server, fake: FakeUpstream) -> None:
+    # retry-after-ms keeps the SDK's own retries quick; Retry-After is for the client.
+    script = fake.script(
+        status=429,
+        headers={"Retry-After": "7", "retry-after-ms": "5"},
+        body={"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+    )
+    response = get_chat(server, f"busy {script.marker}")
+    assert response[0] == 429
+    assert response[1]["Retry-After"] == "7"
+    assert error_of(response)["type"] == "rate_limited"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 500, 503])
+def test_other_upstream_failures_are_502_without_the_upstream_text(
+    server: Server, fake: FakeUpstream, status: int
+) -> None:
+    from tests.conftest import FAKE_API_KEY
+
+    leak = f"Incorrect API key provided: {FAKE_API_KEY[:12]}****{FAKE_API_KEY[-4:]}"
+    script = fake.script(
+        status=status,
+        headers={"retry-after-ms": "5"},
+        body={"error": {"message": leak, "type": "invalid_request_error"}},
+    )
+    response = get_chat(server, f"fail {script.marker}")
+    assert response[0] == 502
+    assert error_of(response)["type"] == "upstream_error"
+    assert FAKE_API_KEY[-4:].encode() not in response[2]
+    assert b"Incorrect API key" not in response[2]
+
+
+def test_upstream_timeout_before_the_first_byte_is_504(server: Server, fake: FakeUpstream) -> None:
+    from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
+
+    script = fake.script(Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6)
+    response = post_json(server, "/completions/chat", {"prompt": f"slow {script.marker}"}, timeout=60)
+    assert response[0] == 504
+    assert error_of(response)["type"] == "upstream_timeout"
+
+
+def test_upstream_timeout_mid_stream_is_an_error_event(server: Server, fake: FakeUpstream) -> None:
+    from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
+
+    script = fake.script(Text("early"), Sleep(UPSTREAM_TIMEOUT_SECONDS + 3), Text("late"), Done())
+    status, _, body = get_chat(server, f"stall {script.marker}", timeout=30)
+    assert status == 200
+    events = parse_sse(body)
+    assert texts(events) == ["early"]
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data)["type"] == "upstream_timeout"
+    assert b"[DONE]" not in body
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [pytest.param(Abort(), id="reset"), pytest.param(ErrorEvent("The model crashed"), id="error-chunk"),
+     pytest.param(Raw(b"data: {not json\n\n"), id="malformed-chunk")],
+)
+def test_failure_after_the_first_byte_is_an_error_event_without_done(
+    server: Server, fake: FakeUpstream, failure: object
+) -> None:
+    script = fake.script(Text("partial"), failure, Text("never"), Done())
+    status, _, body = post_json(server, "/completions/chat", {"prompt": f"x {script.marker}"})
+    assert status == 200
+    events = parse_sse(body)
+    assert texts(events) == ["partial"]
+    assert events[-1].event == "error"
+    error = json.loads(events[-1].data)
+    assert set(error) == {"message", "type"} and error["message"]
+    assert b"[DONE]" not in body
+
+
+def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) -> None:
+    if server.kind.name == "django-runserver":
+        pytest.skip(
+            "runserver (wsgiref) sends bodies without chunked encoding, ended by closing "
+            "the connection, so a cut-off body can't be told from a complete one"
+        )
+    import http.client
+
+    script = fake.script(Text("partial "), Abort())
+    conn = server.connection()
+    try:
+        body = json.dumps({"message": f"x {script.marker}"})
+        conn.request("POST", "/api/stream", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead) as caught:
+            response.read()
+        assert caught.value.partial == b"partial "
+    finally:
+        conn.close()
+
+
+def test_silence_is_filled_with_keepalive_comments(server: Server, fake: FakeUpstream) -> None:
+    from tests.conftest import KEEPALIVE_SECONDS
+
+    script = fake.script(Text("a"), Sleep(KEEPALIVE_SECONDS * 2.6), Text("b"), Done())
+    status, _, body = get_chat(server, f"think {script.marker}")
+    assert status == 200
+    assert body.startswith(b"data: a\n\n: keep-alive\n\n: keep-alive\n\n")
+    assert body.endswith(b"data: b\n\ndata: [DONE]\n\n")
+    assert texts(parse_sse(body)) == ["a", "b"]
+
+
+CROSS_SITE = [
+    pytest.param(
+        "GET",
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        id="img",
+    ),
+    pytest.param(
+        "GET",
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty",
+         "Origin": "https://evil.example", "Accept": "text/event-stream"},
+        id="eventsource",
+    ),
+    pytest.param("GET", {"Origin": "http://evil.example"}, id="origin-only"),
+    pytest.param("GET", {"Origin": "null"}, id="opaque-origin"),
+    pytest.param(
+        "POST",
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Origin": "https://evil.example",
+         "Content-Type": "application/x-www-form-urlencoded"},
+        id="form-post",
+    ),
+    pytest.param(
+        "POST",
+        {"Origin": "http://127.0.0.1.evil.example", "Content-Type": "application/json"},
+        id="lookalike-origin-json",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "headers"), CROSS_SITE)
+def test_cross_site_requests_are_refused_before_any_upstream_call(
+    server: Server, fake: FakeUpstream, method: str, headers: dict[str, str]
+) -> None:
+    before = len(fake.requests)
+    paths = ["/completionChat?prompt=hi", "/completion?prompt=hi"] if method == "GET" else [
+        "/completions/chat", "/api/stream"]
+    for path in paths:
+        body = b'{"prompt": "hi", "message": "hi"}' if method == "POST" else None
+        response = server.request(method, path, body, headers)
+        assert response[0] == 403, path
+        assert error_of(response)["type"] == "cross_site_request"
+        assert "Access-Control-Allow-Origin" not in response[1]
+    assert len(fake.requests) == before
+
+
+def test_same_origin_browsers_and_plain_clients_are_served(server: Server, fake: FakeUpstream) -> None:
+    script = fake.script(Text("ok"), Done())
+    own = f"http://127.0.0.1:{server.port}"
+    for headers in (
+        {},
+        {"Sec-Fetch-Site": "same-origin", "Origin": own},
+        {"Sec-Fetch-Site": "none"},
+    ):
+        response = post_json(server, "/completions/chat", {"prompt": f"x {script.marker}"}, headers)
+        assert response[0] == 200, headers
+        assert "Access-Control-Allow-Origin" not in response[1]
+
+
+def test_a_listed_origin_gets_cors_headers_and_a_preflight(server: Server, fake: FakeUpstream) -> None:
+    script = fake.script(Text("ok"), Done())
+    preflight = server.request(
+        "OPTIONS",
+        "/completions/chat",
+        headers={"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type", "Sec-Fetch-Site": "cross-site"},
+    )
+    assert preflight[0] == 204
+    assert preflight[1]["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert preflight[1]["Access-Control-Allow-Methods"] == "POST"
+    assert "content-type" in preflight[1]["Access-Control-Allow-Headers"].lower()
+    response = post_json(
+        server, "/completions/chat", {"prompt": f"x {script.marker}"},
+        {"Origin": CORS_ORIGIN, "Sec-Fetch-Site": "cross-site"},
+    )
+    assert response[0] == 200
+    assert response[1]["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    assert texts(parse_sse(response[2])) == ["ok"]
+
+
+def test_an_unlisted_preflight_gets_no_cors_headers(server: Server) -> None:
+    status, headers, _ = server.request(
+        "OPTIONS", "/completions/chat",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 204
+    assert not [name for name in headers if name.lower().startswith("access-control-")]

@@ -1,0 +1,168 @@
+"""Lifecycle promises: a client that leaves stops the model; nothing is left behind.
+
+The fake upstream records when our server closed its connection; the time from the
+test's own close to that moment is what the contract bounds (one second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.client import get_chat, parse_sse, post_json, texts
+from tests.conftest import KEEPALIVE_SECONDS, ServerPool
+from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Sleep, Text
+from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
+
+CANCEL_BOUND_SECONDS = 1.0
+
+
+def open_stream(server: Server, method: str, path: str, prompt: str) -> socket.socket:
+    """Send a request on a raw socket and read until the first text arrives."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    if method == "GET":
+        head = f"GET {path}?prompt={quote(prompt)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        sock.sendall(head.encode())
+    else:
+        body = json.dumps({"prompt": prompt, "message": prompt}).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+    received = b""
+    while b"tick" not in received and b"first" not in received:
+        data = sock.recv(65536)
+        assert data, f"the server closed the stream early: {received!r}"
+        received += data
+    return sock
+
+
+def close_and_time(sock: socket.socket, fake_script) -> float:  # type: ignore[no-untyped-def]
+    closed_at = time.monotonic()
+    sock.close()
+    fake_script.wait_disconnected(timeout=15)
+    record = fake_script.requests[-1]
+    assert record.disconnected_at is not None
+    return record.disconnected_at - closed_at
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/completionChat"), ("GET", "/completion"), ("POST", "/completions/chat"),
+     ("POST", "/api/stream")],
+)
+def test_client_disconnect_closes_the_upstream_within_a_second(
+    server: Server, fake: FakeUpstream, method: str, path: str
+) -> None:
+    script = fake.script(Forever("tick ", interval=0.05, limit_seconds=30))
+    sock = open_stream(server, method, path, f"go {script.marker}")
+    elapsed = close_and_time(sock, script)
+    assert elapsed <= CANCEL_BOUND_SECONDS
+    record = script.requests[-1]
+    assert record.finished_at is None  # the upstream never ran to its end
+
+
+def test_client_disconnect_while_the_upstream_is_silent(server: Server, fake: FakeUpstream) -> None:
+    """gunicorn+gevent (and flask run) notice at once; runserver at a keep-alive write."""
+    script = fake.script(Text("first"), Sleep(30), Text("never"), Done())
+    sock = open_stream(server, "GET", "/completionChat", f"think {script.marker}")
+    elapsed = close_and_time(sock, script)
+    if server.kind.name == "django-runserver":
+        # A write to a closed socket succeeds once (the peer answers with RST); the
+        # next keep-alive write fails.
+        assert elapsed <= 2 * KEEPALIVE_SECONDS + CANCEL_BOUND_SECONDS
+    else:
+        assert elapsed <= CANCEL_BOUND_SECONDS
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _settle(measure, target: int, timeout: float = 5.0) -> int:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while value > target and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = measure()
+    return value
+
+
+def test_finished_failed_and_cancelled_streams_leave_nothing_behind(
+    server: Server, fake: FakeUpstream
+) -> None:
+    pid = server.worker_pid()
+    warm = fake.script(Text("warm"), Done())
+    get_chat(server, f"w {warm.marker}")
+    time.sleep(0.3)
+    fds, threads = _fd_count(pid), _thread_count(pid)
+    upstream_open = fake.open_connections
+
+    finished = fake.script(Text("a"), Done())
+    failed = fake.script(Text("a"), Abort())
+    cancelled = fake.script(Forever(limit_seconds=30))
+    silent = fake.script(Text("first"), Sleep(30))
+    for _ in range(3):
+        assert get_chat(server, f"f {finished.marker}")[0] == 200
+        assert post_json(server, "/completions/chat", {"prompt": f"x {failed.marker}"})[0] == 200
+        close_and_time(open_stream(server, "POST", "/api/stream", f"c {cancelled.marker}"), cancelled)
+        close_and_time(open_stream(server, "GET", "/completionChat", f"s {silent.marker}"), silent)
+
+    # Pooled keep-alive connections may stay open: at most one more than before.
+    assert _settle(lambda: fake.open_connections, upstream_open + 1) <= upstream_open + 1
+    assert _settle(lambda: _fd_count(pid), fds + 1) <= fds + 1
+    assert _settle(lambda: _thread_count(pid), threads) <= threads
+
+
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [(FLASK_GUNICORN, "plain"), (DJANGO_GUNICORN, "plain"), (FLASK_GUNICORN, "tls"),
+     (DJANGO_GUNICORN, "tls")],
+    ids=["flask-gunicorn", "django-gunicorn", "flask-gunicorn-tls", "django-gunicorn-tls"],
+)
+def test_one_gevent_worker_serves_200_concurrent_streams(
+    pool: ServerPool, upstream: FakeUpstream, tls_upstream: FakeUpstream, kind, config: str  # type: ignore[no-untyped-def]
+) -> None:
+    server = pool.get(kind, config)
+    fake = tls_upstream if config == "tls" else upstream
+    streams = 200
+    deltas = [f"word{i} " for i in range(20)] + ["multi\nline 🎉"]
+    steps = []
+    for delta in deltas:
+        steps += [Text(delta), Sleep(0.05)]
+    script = fake.script(*steps, Done())
+    expected = b"".join(
+        b"".join(b"data: " + line.encode() + b"\n" for line in d.split("\n")) + b"\n"
+        for d in deltas
+    ) + b"data: [DONE]\n\n"
+    bodies: list[bytes | BaseException] = [b""] * streams
+    start = threading.Barrier(streams, timeout=30)
+
+    def run(index: int) -> None:
+        try:
+            start.wait()
+            status, _, body = get_chat(server, f"n{index} {script.marker}", timeout=60)
+            bodies[index] = body if status == 200 else RuntimeError(status)
+        except Exception as exc:  # recorded and asserted below
+            bodies[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    wrong = [b for b in bodies if b != expected]
+    assert not wrong, f"{len(wrong)} of {streams} streams wrong, e.g. {wrong[0]!r}"
+    assert len(script.requests) == streams

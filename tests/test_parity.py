@@ -1,0 +1,66 @@
+"""The Flask app and the Django project answer the same requests with the same bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CORS_ORIGIN, ServerPool
+from tests.fake_upstream import Done, FakeUpstream, Text, Usage
+from tests.servers import DJANGO_DEV, DJANGO_GUNICORN, FLASK_DEV, FLASK_GUNICORN, Server
+
+# Set by each server rather than by the app: the contract excepts Date and Server;
+# the two development servers also frame bodies differently (chunked vs close).
+SERVER_HEADERS = {"date", "server"}
+DEV_SERVER_HEADERS = SERVER_HEADERS | {"connection", "transfer-encoding"}
+
+
+def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str, str]]]:
+    script = fake.script(Text("Hi\nthere"), Text("[DONE]"), Usage(2, 3), Done())
+    limited = fake.script(
+        status=429,
+        headers={"Retry-After": "3", "retry-after-ms": "5"},
+        body={"error": {"message": "slow down", "type": "requests"}},
+    )
+    json_type = {"Content-Type": "application/json"}
+    return [
+        ("GET", "/", None, {}),
+        ("GET", "/healthz", None, {}),
+        ("GET", f"/completionChat?prompt=a+{script.marker}", None, {}),
+        ("GET", f"/completion?prompt=a+{script.marker}", None, {}),
+        ("POST", "/completions/chat", f'{{"prompt": "{script.marker}"}}'.encode(), json_type),
+        ("POST", "/api/stream", f'{{"message": "{script.marker}"}}'.encode(), json_type),
+        ("GET", f"/completionChat?prompt={limited.marker}", None, {}),
+        ("GET", "/completionChat", None, {}),
+        ("POST", "/completions/chat", b"{", json_type),
+        ("POST", "/completions/chat", b"{}", {"Content-Type": "text/plain"}),
+        ("PUT", "/api/stream", None, {}),
+        ("GET", "/completionChat?prompt=x", None, {"Sec-Fetch-Site": "cross-site"}),
+        ("OPTIONS", "/completions/chat", None,
+         {"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST"}),
+        ("POST", "/completions/chat", f'{{"prompt": "{script.marker}"}}'.encode(),
+         {**json_type, "Origin": CORS_ORIGIN}),
+    ]
+
+
+def answer(server: Server, request: tuple[str, str, bytes | None, dict[str, str]],
+           ignored: set[str]) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    method, path, body, headers = request
+    conn = server.connection()
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        kept = sorted((k.lower(), v) for k, v in response.getheaders() if k.lower() not in ignored)
+        return response.status, response.reason, kept, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("production", [True, False], ids=["gunicorn", "development"])
+def test_flask_and_django_send_the_same_bytes(
+    pool: ServerPool, upstream: FakeUpstream, production: bool
+) -> None:
+    flask = pool.get(FLASK_GUNICORN if production else FLASK_DEV)
+    django = pool.get(DJANGO_GUNICORN if production else DJANGO_DEV)
+    ignored = SERVER_HEADERS if production else DEV_SERVER_HEADERS
+    for request in requests(upstream):
+        assert answer(flask, request, ignored) == answer(django, request, ignored), request
