@@ -1,4 +1,4 @@
-"""The headers every response of both apps carries (see ``shared.guard``)."""
+"""Response headers as the Flask app sends them (see ``shared.guard``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ from django.http.response import HttpResponseBase
 from shared.guard import SECURITY_HEADERS
 
 
-def security_headers(
+def response_headers(
     get_response: Callable[[HttpRequest], HttpResponseBase],
 ) -> Callable[[HttpRequest], HttpResponseBase]:
+    """Add the shared security headers; keep ``Content-Length`` off a 204.
+
+    ``CommonMiddleware`` sets ``Content-Length: 0`` on every body, a 204 included,
+    where RFC 9110 says a server must not send one.
+    """
+
     def middleware(request: HttpRequest) -> HttpResponseBase:
         response = get_response(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if response.status_code == 204 and "Content-Length" in response.headers:
+            del response.headers["Content-Length"]
         return response
 
     return middleware

@@ -37,7 +37,9 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
         def guarded() -> Response:
             origins = _settings().cors_origins if same_site else ()
             if request.method == "OPTIONS":
-                return Response(status=204, headers=preflight_headers(request.headers, [method], origins))
+                preflight = Response(status=204, headers=preflight_headers(request.headers, [method], origins))
+                del preflight.headers["Content-Type"]
+                return preflight
             try:
                 check_method(request.method, [method])
                 if same_site:

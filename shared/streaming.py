@@ -119,7 +119,9 @@ def _as_stream_error(exc: BaseException) -> StreamError:
     if isinstance(exc, openai.APITimeoutError):
         return StreamError(504, "The upstream timed out.", "upstream_timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return StreamError(502, "Could not reach the upstream.", "upstream_unreachable")
+        return StreamError(
+            502, "The connection to the upstream failed.", "upstream_connection_error"
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status == 400:
@@ -241,19 +243,27 @@ def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
         reads = _prepend(bytes(first), iterator)
         for payloads in _sse_payloads(reads):
             batch: Batch = []
-            for payload in payloads:
-                if payload.strip() == "[DONE]":
-                    yield batch
-                    return
-                try:
-                    batch.extend(_chunk_items(json.loads(payload)))
-                except ValueError as exc:
-                    raise UpstreamFailed("The upstream sent a malformed chunk.") from exc
+            try:
+                for payload in payloads:
+                    if payload.strip() == "[DONE]":
+                        yield batch
+                        return
+                    batch.extend(_chunk_items(_json_chunk(payload)))
+            except UpstreamFailed:
+                yield batch  # what came before the failure in the same read
+                raise
             yield batch
         return
     yield _chunk_items(first)
     for chunk in iterator:
         yield _chunk_items(chunk)
+
+
+def _json_chunk(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        raise UpstreamFailed("The upstream sent a malformed chunk.") from exc
 
 
 def _prepend(first: bytes, rest: Iterator[Any]) -> Iterator[bytes]:

@@ -39,7 +39,8 @@ TRICKY_DELTAS = [
 def stream(server: Server, method: str, path: str, prompt: str, **kw: object):  # type: ignore[no-untyped-def]
     if method == "GET":
         return get_chat(server, prompt, path, **kw)
-    return post_json(server, path, {"prompt": prompt}, **kw)
+    key = "message" if path == "/api/stream" else "prompt"
+    return post_json(server, path, {key: prompt}, **kw)
 
 
 def test_index_page_is_served(server: Server) -> None:
@@ -313,7 +314,8 @@ def test_upstream_timeout_mid_stream_is_an_error_event(server: Server, fake: Fak
 def test_failure_after_the_first_byte_is_an_error_event_without_done(
     server: Server, fake: FakeUpstream, failure: object
 ) -> None:
-    script = fake.script(Text("partial"), failure, Text("never"), Done())
+    # The pause lets "partial" reach the server before a reset could discard it.
+    script = fake.script(Text("partial"), Sleep(0.3), failure, Text("never"), Done())
     status, _, body = post_json(server, "/completions/chat", {"prompt": f"x {script.marker}"})
     assert status == 200
     events = parse_sse(body)
@@ -324,6 +326,22 @@ def test_failure_after_the_first_byte_is_an_error_event_without_done(
     assert b"[DONE]" not in body
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [pytest.param(Abort(), id="reset"), pytest.param(ErrorEvent("Overloaded"), id="error-chunk"),
+     pytest.param(Raw(b"data: {oops\n\n"), id="malformed-chunk")],
+)
+@pytest.mark.parametrize(("method", "path"), [*SSE_ROUTES, ("POST", "/api/stream")])
+def test_failure_before_any_output_gets_a_502_status(
+    server: Server, fake: FakeUpstream, failure: object, method: str, path: str
+) -> None:
+    script = fake.script(Raw(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'),
+                         failure, Text("never"), Done())
+    response = stream(server, method, path, f"x {script.marker}")
+    assert response[0] == 502
+    assert error_of(response)["type"] in {"upstream_error", "upstream_connection_error"}
+
+
 def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) -> None:
     if server.kind.name == "django-runserver":
         pytest.skip(
@@ -332,7 +350,7 @@ def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) 
         )
     import http.client
 
-    script = fake.script(Text("partial "), Abort())
+    script = fake.script(Text("partial "), Sleep(0.3), Abort())
     conn = server.connection()
     try:
         body = json.dumps({"message": f"x {script.marker}"})

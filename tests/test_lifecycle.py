@@ -18,7 +18,7 @@ import pytest
 
 from tests.client import get_chat, parse_sse, post_json, texts
 from tests.conftest import KEEPALIVE_SECONDS, ServerPool
-from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Sleep, Text
+from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Script, Sleep, Text
 from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
 
 CANCEL_BOUND_SECONDS = 1.0
@@ -45,12 +45,15 @@ def open_stream(server: Server, method: str, path: str, prompt: str) -> socket.s
     return sock
 
 
-def close_and_time(sock: socket.socket, fake_script) -> float:  # type: ignore[no-untyped-def]
+def close_and_time(sock: socket.socket, script: Script) -> float:
+    """Close the client socket; seconds until the upstream saw its request closed."""
+    record = script.requests[-1]
     closed_at = time.monotonic()
     sock.close()
-    fake_script.wait_disconnected(timeout=15)
-    record = fake_script.requests[-1]
-    assert record.disconnected_at is not None
+    deadline = closed_at + 15
+    while record.disconnected_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert record.disconnected_at is not None, "the upstream was never closed"
     return record.disconnected_at - closed_at
 
 
@@ -111,12 +114,13 @@ def test_finished_failed_and_cancelled_streams_leave_nothing_behind(
     upstream_open = fake.open_connections
 
     finished = fake.script(Text("a"), Done())
-    failed = fake.script(Text("a"), Abort())
+    failed = fake.script(Text("a"), Sleep(0.3), Abort())
     cancelled = fake.script(Forever(limit_seconds=30))
     silent = fake.script(Text("first"), Sleep(30))
     for _ in range(3):
         assert get_chat(server, f"f {finished.marker}")[0] == 200
-        assert post_json(server, "/completions/chat", {"prompt": f"x {failed.marker}"})[0] == 200
+        answer = post_json(server, "/completions/chat", {"prompt": f"x {failed.marker}"})
+        assert answer[0] == 200, answer
         close_and_time(open_stream(server, "POST", "/api/stream", f"c {cancelled.marker}"), cancelled)
         close_and_time(open_stream(server, "GET", "/completionChat", f"s {silent.marker}"), silent)
 

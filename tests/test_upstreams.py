@@ -18,7 +18,7 @@ def test_an_unreachable_upstream_is_502(pool: ServerPool, kind: ServerKind) -> N
     for path, payload in (("/completions/chat", {"prompt": "hi"}), ("/api/stream", {"message": "hi"})):
         response = post_json(server, path, payload, timeout=30)
         assert response[0] == 502
-        assert error_of(response)["type"] == "upstream_unreachable"
+        assert error_of(response)["type"] == "upstream_connection_error"
 
 
 @pytest.mark.parametrize("kind", [FLASK_GUNICORN, DJANGO_GUNICORN], ids=["flask", "django"])
