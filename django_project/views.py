@@ -17,7 +17,13 @@ from django.views.decorators.csrf import csrf_exempt
 
 from shared.guard import check_method, check_site, cors_headers, preflight_headers
 from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
-from shared.streaming import SSE_HEADERS, TEXT_HEADERS, StreamError, sse_frames, text_stream
+from shared.streaming import (
+    SSE_HEADERS,
+    TEXT_HEADERS,
+    StreamError,
+    sse_frames,
+    text_stream,
+)
 from shared.upstream import Upstream
 from shared.validation import json_body, messages_from_json, prompt_from_query
 
@@ -42,7 +48,9 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
             if request.method == "OPTIONS":
                 response: HttpResponseBase = HttpResponse(status=204)
                 del response["Content-Type"]
-                _set_headers(response, preflight_headers(request.headers, [method], origins))
+                _set_headers(
+                    response, preflight_headers(request.headers, [method], origins)
+                )
                 return response
             try:
                 check_method(request.method or "", [method])
@@ -51,7 +59,10 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
                 response = view(request)
             except StreamError as error:
                 response = HttpResponse(
-                    error.body(), status=error.status, content_type=JSON_CONTENT_TYPE, headers=error.headers
+                    error.body(),
+                    status=error.status,
+                    content_type=JSON_CONTENT_TYPE,
+                    headers=error.headers,
                 )
             _set_headers(response, cors_headers(request.headers, origins))
             return response
@@ -88,7 +99,9 @@ def index(request: HttpRequest) -> HttpResponse:
 @route("GET", same_site=False)
 def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness, and which upstream answers (the page shows it)."""
-    return HttpResponse(health_body(settings.STREAM_SETTINGS), content_type=JSON_CONTENT_TYPE)
+    return HttpResponse(
+        health_body(settings.STREAM_SETTINGS), content_type=JSON_CONTENT_TYPE
+    )
 
 
 @route("GET")
@@ -108,13 +121,19 @@ def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
 @route("POST")
 def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
-    messages = messages_from_json(_json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars)
+    messages = messages_from_json(
+        _json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars
+    )
     return _sse(request, upstream.chat(messages))
 
 
 @route("POST")
 def api_stream(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
-    messages = messages_from_json(_json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars)
-    body = text_stream(upstream.chat(messages), client_socket=request.META.get("gunicorn.socket"))
+    messages = messages_from_json(
+        _json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars
+    )
+    body = text_stream(
+        upstream.chat(messages), client_socket=request.META.get("gunicorn.socket")
+    )
     return StreamingHttpResponse(body, headers=TEXT_HEADERS)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response
@@ -31,5 +31,7 @@ def _add_security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     # Werkzeug upper-cases reason phrases; use the standard ones, as Django does.
-    response.status = f"{response.status_code} {HTTPStatus(response.status_code).phrase}"
+    response.status = (
+        f"{response.status_code} {HTTPStatus(response.status_code).phrase}"
+    )
     return response

@@ -7,7 +7,7 @@ translates between Flask and that core.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -15,7 +15,13 @@ from flask import Blueprint, Response, current_app, request
 from shared.config import Settings
 from shared.guard import check_method, check_site, cors_headers, preflight_headers
 from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
-from shared.streaming import SSE_HEADERS, TEXT_HEADERS, StreamError, sse_frames, text_stream
+from shared.streaming import (
+    SSE_HEADERS,
+    TEXT_HEADERS,
+    StreamError,
+    sse_frames,
+    text_stream,
+)
 from shared.upstream import Upstream
 from shared.validation import json_body, messages_from_json, prompt_from_query
 
@@ -37,7 +43,10 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
         def guarded() -> Response:
             origins = _settings().cors_origins if same_site else ()
             if request.method == "OPTIONS":
-                preflight = Response(status=204, headers=preflight_headers(request.headers, [method], origins))
+                preflight = Response(
+                    status=204,
+                    headers=preflight_headers(request.headers, [method], origins),
+                )
                 del preflight.headers["Content-Type"]
                 return preflight
             try:
@@ -47,12 +56,16 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
                 response = view()
             except StreamError as error:
                 response = Response(
-                    error.body(), error.status, {**error.headers, "Content-Type": JSON_CONTENT_TYPE}
+                    error.body(),
+                    error.status,
+                    {**error.headers, "Content-Type": JSON_CONTENT_TYPE},
                 )
             response.headers.update(cors_headers(request.headers, origins))
             return response
 
-        bp.add_url_rule(path, view_func=guarded, methods=ANY_METHOD, provide_automatic_options=False)
+        bp.add_url_rule(
+            path, view_func=guarded, methods=ANY_METHOD, provide_automatic_options=False
+        )
         return guarded
 
     return decorator
@@ -97,7 +110,9 @@ def index() -> Response:
 @route("/healthz", "GET", same_site=False)
 def healthz() -> Response:
     """Liveness, and which upstream answers (the page shows it)."""
-    return Response(health_body(_settings()), headers={"Content-Type": JSON_CONTENT_TYPE})
+    return Response(
+        health_body(_settings()), headers={"Content-Type": JSON_CONTENT_TYPE}
+    )
 
 
 @route("/completion", "GET")

@@ -54,7 +54,9 @@ class Settings:
         """Read the contract's variables; raise ``ValueError`` naming a bad one."""
         chat_api = environ.get("OPENAI_CHAT_API", DEFAULT_CHAT_API)
         if chat_api not in CHAT_APIS:
-            raise ValueError(f"OPENAI_CHAT_API must be one of {CHAT_APIS}, got {chat_api!r}")
+            raise ValueError(
+                f"OPENAI_CHAT_API must be one of {CHAT_APIS}, got {chat_api!r}"
+            )
         origins = environ.get("STREAM_CORS_ORIGINS", "")
         return cls(
             api_key=environ.get("OPENAI_API_KEY") or None,
@@ -81,9 +83,7 @@ class Settings:
         )
 
 
-def _positive(
-    environ: Mapping[str, str], name: str, default: _N, kind: type[_N]
-) -> _N:
+def _positive(environ: Mapping[str, str], name: str, default: _N, kind: type[_N]) -> _N:
     raw = environ.get(name)
     if not raw:
         return default

@@ -162,15 +162,23 @@ class _Reply:
         usage["total_tokens"] = self.prompt + len(self.tokens)
         kind = "chat.completion" + suffix if chat else "text_completion"
         prefix = "chatcmpl" if chat else "cmpl"
-        return {"id": f"{prefix}-demo{self.hex}", "object": kind, "model": self.model,
-                "created": self.created, "system_fingerprint": None, "usage": usage}
+        return {
+            "id": f"{prefix}-demo{self.hex}",
+            "object": kind,
+            "model": self.model,
+            "created": self.created,
+            "system_fingerprint": None,
+            "usage": usage,
+        }
 
     def chunks(self, chat: bool) -> Iterator[Json | None]:
         """Chat completion chunks (``chat``) or legacy completion chunks."""
         head = self.head(chat, ".chunk")
         usage = head.pop("usage")
         head |= {"usage": None} if chat and self.with_usage else {}
-        deltas = [{"role": "assistant", "content": "", "refusal": None}] if chat else []
+        deltas: list[Json] = (
+            [{"role": "assistant", "content": "", "refusal": None}] if chat else []
+        )
         deltas += [{"content": token} for token in self.tokens] + [{}]
         for left, delta in enumerate(deltas, 1 - len(deltas)):
             part = {"delta": delta} if chat else {"text": delta.get("content", "")}
@@ -186,7 +194,7 @@ class _Reply:
         if field == "input":
             return self.response(done=True)
         text, chat = "".join(self.tokens), field == "messages"
-        message = {"role": "assistant", "content": text, "refusal": None}
+        message: Json = {"role": "assistant", "content": text, "refusal": None}
         part = {"message": message | {"annotations": []}} if chat else {"text": text}
         choice = {"index": 0, **part, "logprobs": None, "finish_reason": "stop"}
         return self.head(chat) | {"choices": [choice]}
@@ -195,18 +203,35 @@ class _Reply:
         """The Responses API ``response`` object, in progress or completed."""
         text, out = "".join(self.tokens), len(self.tokens)
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        item = {"id": f"msg_demo{self.hex}", "type": "message", "status": "completed",
-                "role": "assistant", "content": [part]}
-        usage = {"input_tokens": self.prompt, "output_tokens": out,
-                 "total_tokens": self.prompt + out,
-                 "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-                 "output_tokens_details": {"reasoning_tokens": 0}}
-        return {"id": f"resp_demo{self.hex}", "object": "response",
-                "created_at": self.created, "model": self.model,
-                "status": "completed" if done else "in_progress", "error": None,
-                "incomplete_details": None, "output": [item] if done else [],
-                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-                "text": {"format": {"type": "text"}}, "usage": usage if done else None}
+        item = {
+            "id": f"msg_demo{self.hex}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }
+        usage = {
+            "input_tokens": self.prompt,
+            "output_tokens": out,
+            "total_tokens": self.prompt + out,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        return {
+            "id": f"resp_demo{self.hex}",
+            "object": "response",
+            "created_at": self.created,
+            "model": self.model,
+            "status": "completed" if done else "in_progress",
+            "error": None,
+            "incomplete_details": None,
+            "output": [item] if done else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "text": {"format": {"type": "text"}},
+            "usage": usage if done else None,
+        }
 
     def events(self) -> Iterator[Json | None]:
         """The Responses API stream: named events, a ``sequence_number``, no [DONE]."""
@@ -217,13 +242,27 @@ class _Reply:
         events: list[Json] = [
             {"type": "response.created", "response": start},
             {"type": "response.in_progress", "response": start},
-            {"type": "response.output_item.added", "output_index": 0,
-             "item": item | {"status": "in_progress", "content": []}},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": item | {"status": "in_progress", "content": []},
+            },
             {"type": "response.content_part.added", **at, "part": part | {"text": ""}},
-            *({"type": "response.output_text.delta", **at, "delta": token,
-               "logprobs": []} for token in self.tokens),
-            {"type": "response.output_text.done", **at, "text": part["text"],
-             "logprobs": []},
+            *(
+                {
+                    "type": "response.output_text.delta",
+                    **at,
+                    "delta": token,
+                    "logprobs": [],
+                }
+                for token in self.tokens
+            ),
+            {
+                "type": "response.output_text.done",
+                **at,
+                "text": part["text"],
+                "logprobs": [],
+            },
             {"type": "response.content_part.done", **at, "part": part},
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": "response.completed", "response": final},

@@ -13,7 +13,8 @@ TLS-terminating proxy the app sees ``http`` while the browser says ``https``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from shared.streaming import StreamError
@@ -26,7 +27,11 @@ SECURITY_HEADERS = {
 }
 PREFLIGHT_MAX_AGE_SECONDS = 600
 
-Headers = Mapping[str, str]
+
+class Headers(Protocol):
+    """Request headers, looked up case-insensitively (Flask's and Django's alike)."""
+
+    def get(self, key: str, /) -> str | None: ...
 
 
 def check_method(method: str, allowed: Collection[str]) -> None:
@@ -46,7 +51,7 @@ def check_site(headers: Headers, cors_origins: Collection[str]) -> None:
     if origin is not None and origin in cors_origins:
         return
     if headers.get("Sec-Fetch-Site") == "cross-site" or (
-        origin is not None and not _same_host(origin, headers.get("Host", ""))
+        origin is not None and not _same_host(origin, headers.get("Host") or "")
     ):
         raise StreamError(
             403,

@@ -195,7 +195,11 @@ def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
     prompt = int(_field(usage, prompt_key) or 0)
     completion = int(_field(usage, completion_key) or 0)
     total = int(_field(usage, "total_tokens") or prompt + completion)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+    }
 
 
 def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
@@ -235,9 +239,8 @@ def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
 def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
     """Normalise any accepted upstream into batches of text deltas and usage."""
     iterator = iter(chunks)
-    for first in iterator:
-        break
-    else:
+    first = next(iterator, None)
+    if first is None:
         return
     if isinstance(first, (bytes, bytearray)):
         reads = _prepend(bytes(first), iterator)
@@ -317,7 +320,9 @@ def sse_frames(
                     yield _KEEPALIVE
                     continue
                 out = b"".join(
-                    sse_event(item) if isinstance(item, str) else _named_event("usage", item)
+                    sse_event(item)
+                    if isinstance(item, str)
+                    else _named_event("usage", item)
                     for item in batch
                 )
                 if out:
@@ -355,7 +360,9 @@ def text_stream(
     def texts(relay: _Relay) -> Iterator[bytes]:
         try:
             for batch in relay:
-                out = b"".join(_utf8(item) for item in batch or () if isinstance(item, str))
+                out = b"".join(
+                    _utf8(item) for item in batch or () if isinstance(item, str)
+                )
                 if out:
                     yield out
         except ClientDisconnected:
@@ -506,7 +513,11 @@ class _Relay:
             self._helpers.append(thread)
 
     def _read(self) -> None:
-        reads = self._chunks.iter_bytes() if hasattr(self._chunks, "iter_bytes") else self._chunks
+        reads = (
+            self._chunks.iter_bytes()
+            if hasattr(self._chunks, "iter_bytes")
+            else self._chunks
+        )
         try:
             for batch in _batches(reads):
                 if not self._put(batch):
@@ -530,14 +541,16 @@ class _Relay:
         return False
 
     def _watch_client(self) -> None:
-        """Notice a client that closed its connection, even while the upstream is silent."""
+        """Notice a client that closed its connection, even during upstream silence."""
+        client = self._client_socket
+        assert client is not None
         poller = select.poll()
-        poller.register(self._client_socket, select.POLLIN)
+        poller.register(client, select.POLLIN)
         while not self._stop.is_set():
             if not poller.poll(None if self._gevent else 500):
                 continue
             try:
-                peeked = self._client_socket.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
+                peeked = client.recv(1, socket.MSG_PEEK)
             except BlockingIOError:
                 continue
             except OSError:
@@ -570,7 +583,9 @@ class _Relay:
 
 def _shutdown(chunks: object) -> None:
     """Shut down the upstream socket: the upstream sees the close at once."""
-    response = getattr(chunks, "response", None) or getattr(chunks, "http_response", chunks)
+    response = getattr(chunks, "response", None) or getattr(
+        chunks, "http_response", chunks
+    )
     extensions = getattr(response, "extensions", None)
     stream = extensions.get("network_stream") if isinstance(extensions, dict) else None
     sock = stream.get_extra_info("socket") if stream is not None else None

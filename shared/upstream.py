@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 import openai
@@ -67,13 +67,15 @@ class Upstream:
         if settings.chat_api == "responses":
             return open_upstream(
                 lambda: self.client.responses.create(
-                    model=settings.model, input=messages, stream=True  # type: ignore[arg-type]
+                    model=settings.model,
+                    input=cast(Any, messages),
+                    stream=True,
                 )
             )
         return open_upstream(
             lambda: self.client.chat.completions.create(
                 model=settings.model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=cast(Any, messages),
                 stream=True,
                 stream_options={"include_usage": True},
             )

@@ -1,4 +1,4 @@
-"""Test-side HTTP helpers: requests to a server under test, and an independent SSE parser.
+"""Test-side HTTP helpers: requests to a server under test, an independent SSE parser.
 
 SSE bodies are parsed with httpx-sse's decoder, not with the project's own code, so a
 framing bug can't hide behind a matching parsing bug.
@@ -36,16 +36,26 @@ def texts(events: list[ServerSentEvent]) -> list[str]:
     return [e.data for e in events if e.event == "message" and e.data != "[DONE]"]
 
 
-def get_chat(server: Server, prompt: str, path: str = "/completionChat", **kw: Any) -> Response:
+def get_chat(
+    server: Server, prompt: str, path: str = "/completionChat", **kw: Any
+) -> Response:
     return server.request("GET", f"{path}?prompt={quote(prompt)}", **kw)
 
 
 def post_json(
-    server: Server, path: str, payload: object, headers: dict[str, str] | None = None, **kw: Any
+    server: Server,
+    path: str,
+    payload: object,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
 ) -> Response:
     body = json.dumps(payload).encode()
     return server.request(
-        "POST", path, body, {"Content-Type": "application/json", **(headers or {})}, **kw
+        "POST",
+        path,
+        body,
+        {"Content-Type": "application/json", **(headers or {})},
+        **kw,
     )
 
 

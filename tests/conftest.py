@@ -92,7 +92,9 @@ def tls_upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(scope="session")
 def pool(
-    upstream: FakeUpstream, tls_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    upstream: FakeUpstream,
+    tls_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerPool]:
     pool = ServerPool(
         {"plain": upstream, "tls": tls_upstream}, tmp_path_factory.mktemp("server-logs")
@@ -116,6 +118,8 @@ def server(request: pytest.FixtureRequest, pool: ServerPool) -> Server:
 
 
 @pytest.fixture
-def fake(server: Server, upstream: FakeUpstream, tls_upstream: FakeUpstream) -> FakeUpstream:
+def fake(
+    server: Server, upstream: FakeUpstream, tls_upstream: FakeUpstream
+) -> FakeUpstream:
     """The fake upstream that ``server`` talks to."""
     return tls_upstream if server.env.get("SSL_CERT_FILE") else upstream

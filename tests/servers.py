@@ -34,7 +34,14 @@ class ServerKind:
     def command(self, port: int) -> list[str]:
         if not self.production:
             if self.framework == "flask":
-                return [str(BIN / "flask"), "--app", "flask_app", "run", "--port", str(port)]
+                return [
+                    str(BIN / "flask"),
+                    "--app",
+                    "flask_app",
+                    "run",
+                    "--port",
+                    str(port),
+                ]
             return [
                 sys.executable,
                 "manage.py",
@@ -42,7 +49,11 @@ class ServerKind:
                 f"127.0.0.1:{port}",
                 "--noreload",
             ]
-        target = "flask_app:create_app()" if self.framework == "flask" else "django_project.wsgi"
+        target = (
+            "flask_app:create_app()"
+            if self.framework == "flask"
+            else "django_project.wsgi"
+        )
         return [
             str(BIN / "gunicorn"),
             "-c",
@@ -101,7 +112,9 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} did not answer within {START_TIMEOUT_SECONDS}s")
+        raise RuntimeError(
+            f"{self.name} did not answer within {START_TIMEOUT_SECONDS}s"
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period: only the process we started."""

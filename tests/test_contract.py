@@ -12,7 +12,16 @@ import pytest
 
 from tests.client import error_of, get_chat, parse_sse, post_json, texts
 from tests.conftest import CORS_ORIGIN, MAX_PROMPT_CHARS
-from tests.fake_upstream import Abort, Done, ErrorEvent, FakeUpstream, Raw, Sleep, Text, Usage
+from tests.fake_upstream import (
+    Abort,
+    Done,
+    ErrorEvent,
+    FakeUpstream,
+    Raw,
+    Sleep,
+    Text,
+    Usage,
+)
 from tests.servers import Server
 
 SSE_ROUTES = [
@@ -104,20 +113,29 @@ def test_multiline_delta_is_written_as_data_lines_byte_for_byte(
     assert body == (
         b"data: a\ndata: b\ndata: c\ndata: \n\n"
         b"data: [DONE\n\ndata: ]\n\n"
-        b'event: usage\ndata: {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}\n\n'
+        b"event: usage\n"
+        b'data: {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}\n\n'
         b"data: [DONE]\n\n"
     )
 
 
-def test_provider_quirks_do_not_break_the_stream(server: Server, fake: FakeUpstream) -> None:
+def test_provider_quirks_do_not_break_the_stream(
+    server: Server, fake: FakeUpstream
+) -> None:
     emoji = "🎉".encode()
-    chunk = '{"object":"chat.completion","choices":[{"index":0,"message":{"content":"%s"}}],"x_extra":{"a":1}}'
+    chunk = (
+        '{"object":"chat.completion","x_extra":{"a":1},'
+        '"choices":[{"index":0,"message":{"content":"%s"}}]}'
+    )
     script = fake.script(
         Raw(b": provider comment\r\n\r\n"),
         Raw(b'data: {"id":"1","choices":[],"provider_field":true}\r\n\r\n'),
         Raw(("data: " + chunk % "whole").encode() + b"\r\n\r\n"),
         Raw(b'data: {"choices":[{"index":0,"delta":{"content":"sp'),
-        Raw(b'lit "},"finish_reason":null}]}\n\ndata: {"choices":[{"delta":{"content":"' + emoji[:2]),
+        Raw(
+            b'lit "},"finish_reason":null}]}\n\ndata: {"choices":[{"delta":{"content":"'
+            + emoji[:2]
+        ),
         Raw(emoji[2:] + b'"}}]}\n\n'),
         # no [DONE]: the body simply ends
     )
@@ -172,8 +190,10 @@ def test_raw_text_route_sends_the_deltas_byte_for_byte(
         Usage(1, 1),
         Done(),
     )
-    for payload in ({"message": f"m {script.marker}"},
-                    {"messages": [{"role": "user", "content": f"m {script.marker}"}]}):
+    for payload in (
+        {"message": f"m {script.marker}"},
+        {"messages": [{"role": "user", "content": f"m {script.marker}"}]},
+    ):
         status, headers, body = post_json(server, "/api/stream", payload)
         assert status == 200
         assert headers["Content-Type"] == "text/plain; charset=utf-8"
@@ -191,12 +211,36 @@ BAD_REQUESTS = [
     pytest.param("POST", "/completions/chat", b"[1, 2]", id="not-an-object"),
     pytest.param("POST", "/completions/chat", b'{"prompt": 5}', id="prompt-not-string"),
     pytest.param("POST", "/completions/chat", b'{"messages": []}', id="no-messages"),
-    pytest.param("POST", "/completions/chat", b'{"messages": "hi"}', id="messages-not-list"),
-    pytest.param("POST", "/completions/chat", b'{"messages": [{"role": "wizard", "content": "x"}]}', id="unknown-role"),
-    pytest.param("POST", "/completions/chat", b'{"messages": [{"role": "user", "content": 3}]}', id="content-not-string"),
-    pytest.param("POST", "/api/stream", b'{"prompt": "wrong key"}', id="raw-wants-message"),
-    pytest.param("POST", "/api/stream", b'{"message": "' + b"x" * (MAX_PROMPT_CHARS + 1) + b'"}', id="too-long"),
-    pytest.param("GET", "/completionChat?prompt=" + "y" * (MAX_PROMPT_CHARS + 1), None, id="query-too-long"),
+    pytest.param(
+        "POST", "/completions/chat", b'{"messages": "hi"}', id="messages-not-list"
+    ),
+    pytest.param(
+        "POST",
+        "/completions/chat",
+        b'{"messages": [{"role": "wizard", "content": "x"}]}',
+        id="unknown-role",
+    ),
+    pytest.param(
+        "POST",
+        "/completions/chat",
+        b'{"messages": [{"role": "user", "content": 3}]}',
+        id="content-not-string",
+    ),
+    pytest.param(
+        "POST", "/api/stream", b'{"prompt": "wrong key"}', id="raw-wants-message"
+    ),
+    pytest.param(
+        "POST",
+        "/api/stream",
+        b'{"message": "' + b"x" * (MAX_PROMPT_CHARS + 1) + b'"}',
+        id="too-long",
+    ),
+    pytest.param(
+        "GET",
+        "/completionChat?prompt=" + "y" * (MAX_PROMPT_CHARS + 1),
+        None,
+        id="query-too-long",
+    ),
 ]
 
 
@@ -213,12 +257,22 @@ def test_bad_requests_get_400_without_an_upstream_call(
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ],
 )
-def test_post_routes_take_only_json_bodies(server: Server, content_type: str | None) -> None:
+def test_post_routes_take_only_json_bodies(
+    server: Server, content_type: str | None
+) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     for path in ("/completions/chat", "/api/stream"):
-        response = server.request("POST", path, b'{"prompt": "hi", "message": "hi"}', headers)
+        response = server.request(
+            "POST", path, b'{"prompt": "hi", "message": "hi"}', headers
+        )
         assert response[0] == 415
         assert error_of(response)["type"] == "unsupported_media_type"
 
@@ -233,7 +287,9 @@ def test_post_routes_take_only_json_bodies(server: Server, content_type: str | N
         ("PUT", "/api/stream", "POST"),
     ],
 )
-def test_wrong_method_gets_405_with_allow(server: Server, method: str, path: str, allowed: str) -> None:
+def test_wrong_method_gets_405_with_allow(
+    server: Server, method: str, path: str, allowed: str
+) -> None:
     status, headers, body = server.request(method, path + "?prompt=hi")
     assert status == 405
     assert headers["Allow"] == f"{allowed}, OPTIONS"
@@ -241,23 +297,41 @@ def test_wrong_method_gets_405_with_allow(server: Server, method: str, path: str
         assert error_of((status, headers, body))["type"] == "method_not_allowed"
 
 
-def test_upstream_400_is_passed_on_with_its_message(server: Server, fake: FakeUpstream) -> None:
+def test_upstream_400_is_passed_on_with_its_message(
+    server: Server, fake: FakeUpstream
+) -> None:
     message = "This model's maximum context length is 128000 tokens."
     script = fake.script(
         status=400,
-        body={"error": {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}},
+        body={
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        },
     )
-    response = post_json(server, "/completions/chat", {"prompt": f"long {script.marker}"})
+    response = post_json(
+        server, "/completions/chat", {"prompt": f"long {script.marker}"}
+    )
     assert response[0] == 400
     assert error_of(response)["message"] == message
 
 
-def test_upstream_429_is_passed_on_with_retry_after(server: Server, fake: FakeUpstream) -> None:
+def test_upstream_429_is_passed_on_with_retry_after(
+    server: Server, fake: FakeUpstream
+) -> None:
     # retry-after-ms keeps the SDK's own retries quick; Retry-After is for the client.
     script = fake.script(
         status=429,
         headers={"Retry-After": "7", "retry-after-ms": "5"},
-        body={"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+        body={
+            "error": {
+                "message": "Rate limit reached",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
+            }
+        },
     )
     response = get_chat(server, f"busy {script.marker}")
     assert response[0] == 429
@@ -284,19 +358,29 @@ def test_other_upstream_failures_are_502_without_the_upstream_text(
     assert b"Incorrect API key" not in response[2]
 
 
-def test_upstream_timeout_before_the_first_byte_is_504(server: Server, fake: FakeUpstream) -> None:
+def test_upstream_timeout_before_the_first_byte_is_504(
+    server: Server, fake: FakeUpstream
+) -> None:
     from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
 
-    script = fake.script(Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6)
-    response = post_json(server, "/completions/chat", {"prompt": f"slow {script.marker}"}, timeout=60)
+    script = fake.script(
+        Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6
+    )
+    response = post_json(
+        server, "/completions/chat", {"prompt": f"slow {script.marker}"}, timeout=60
+    )
     assert response[0] == 504
     assert error_of(response)["type"] == "upstream_timeout"
 
 
-def test_upstream_timeout_mid_stream_is_an_error_event(server: Server, fake: FakeUpstream) -> None:
+def test_upstream_timeout_mid_stream_is_an_error_event(
+    server: Server, fake: FakeUpstream
+) -> None:
     from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
 
-    script = fake.script(Text("early"), Sleep(UPSTREAM_TIMEOUT_SECONDS + 3), Text("late"), Done())
+    script = fake.script(
+        Text("early"), Sleep(UPSTREAM_TIMEOUT_SECONDS + 3), Text("late"), Done()
+    )
     status, _, body = get_chat(server, f"stall {script.marker}", timeout=30)
     assert status == 200
     events = parse_sse(body)
@@ -308,15 +392,20 @@ def test_upstream_timeout_mid_stream_is_an_error_event(server: Server, fake: Fak
 
 @pytest.mark.parametrize(
     "failure",
-    [pytest.param(Abort(), id="reset"), pytest.param(ErrorEvent("The model crashed"), id="error-chunk"),
-     pytest.param(Raw(b"data: {not json\n\n"), id="malformed-chunk")],
+    [
+        pytest.param(Abort(), id="reset"),
+        pytest.param(ErrorEvent("The model crashed"), id="error-chunk"),
+        pytest.param(Raw(b"data: {not json\n\n"), id="malformed-chunk"),
+    ],
 )
 def test_failure_after_the_first_byte_is_an_error_event_without_done(
     server: Server, fake: FakeUpstream, failure: object
 ) -> None:
     # The pause lets "partial" reach the server before a reset could discard it.
     script = fake.script(Text("partial"), Sleep(0.3), failure, Text("never"), Done())
-    status, _, body = post_json(server, "/completions/chat", {"prompt": f"x {script.marker}"})
+    status, _, body = post_json(
+        server, "/completions/chat", {"prompt": f"x {script.marker}"}
+    )
     assert status == 200
     events = parse_sse(body)
     assert texts(events) == ["partial"]
@@ -328,15 +417,22 @@ def test_failure_after_the_first_byte_is_an_error_event_without_done(
 
 @pytest.mark.parametrize(
     "failure",
-    [pytest.param(Abort(), id="reset"), pytest.param(ErrorEvent("Overloaded"), id="error-chunk"),
-     pytest.param(Raw(b"data: {oops\n\n"), id="malformed-chunk")],
+    [
+        pytest.param(Abort(), id="reset"),
+        pytest.param(ErrorEvent("Overloaded"), id="error-chunk"),
+        pytest.param(Raw(b"data: {oops\n\n"), id="malformed-chunk"),
+    ],
 )
 @pytest.mark.parametrize(("method", "path"), [*SSE_ROUTES, ("POST", "/api/stream")])
 def test_failure_before_any_output_gets_a_502_status(
     server: Server, fake: FakeUpstream, failure: object, method: str, path: str
 ) -> None:
-    script = fake.script(Raw(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'),
-                         failure, Text("never"), Done())
+    script = fake.script(
+        Raw(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'),
+        failure,
+        Text("never"),
+        Done(),
+    )
     response = stream(server, method, path, f"x {script.marker}")
     assert response[0] == 502
     assert error_of(response)["type"] in {"upstream_error", "upstream_connection_error"}
@@ -345,8 +441,8 @@ def test_failure_before_any_output_gets_a_502_status(
 def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) -> None:
     if server.kind.name == "django-runserver":
         pytest.skip(
-            "runserver (wsgiref) sends bodies without chunked encoding, ended by closing "
-            "the connection, so a cut-off body can't be told from a complete one"
+            "runserver (wsgiref) sends bodies without chunked encoding, ended by "
+            "closing the connection: a cut-off body can't be told from a whole one"
         )
     import http.client
 
@@ -364,7 +460,9 @@ def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) 
         conn.close()
 
 
-def test_silence_is_filled_with_keepalive_comments(server: Server, fake: FakeUpstream) -> None:
+def test_silence_is_filled_with_keepalive_comments(
+    server: Server, fake: FakeUpstream
+) -> None:
     from tests.conftest import KEEPALIVE_SECONDS
 
     script = fake.script(Text("a"), Sleep(KEEPALIVE_SECONDS * 2.6), Text("b"), Done())
@@ -378,21 +476,34 @@ def test_silence_is_filled_with_keepalive_comments(server: Server, fake: FakeUps
 CROSS_SITE = [
     pytest.param(
         "GET",
-        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "no-cors",
+            "Sec-Fetch-Dest": "image",
+        },
         id="img",
     ),
     pytest.param(
         "GET",
-        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty",
-         "Origin": "https://evil.example", "Accept": "text/event-stream"},
+        {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Dest": "empty",
+            "Origin": "https://evil.example",
+            "Accept": "text/event-stream",
+        },
         id="eventsource",
     ),
     pytest.param("GET", {"Origin": "http://evil.example"}, id="origin-only"),
     pytest.param("GET", {"Origin": "null"}, id="opaque-origin"),
     pytest.param(
         "POST",
-        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Origin": "https://evil.example",
-         "Content-Type": "application/x-www-form-urlencoded"},
+        {
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "navigate",
+            "Origin": "https://evil.example",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
         id="form-post",
     ),
     pytest.param(
@@ -408,8 +519,11 @@ def test_cross_site_requests_are_refused_before_any_upstream_call(
     server: Server, fake: FakeUpstream, method: str, headers: dict[str, str]
 ) -> None:
     before = len(fake.requests)
-    paths = ["/completionChat?prompt=hi", "/completion?prompt=hi"] if method == "GET" else [
-        "/completions/chat", "/api/stream"]
+    paths = (
+        ["/completionChat?prompt=hi", "/completion?prompt=hi"]
+        if method == "GET"
+        else ["/completions/chat", "/api/stream"]
+    )
     for path in paths:
         body = b'{"prompt": "hi", "message": "hi"}' if method == "POST" else None
         response = server.request(method, path, body, headers)
@@ -419,7 +533,9 @@ def test_cross_site_requests_are_refused_before_any_upstream_call(
     assert len(fake.requests) == before
 
 
-def test_same_origin_browsers_and_plain_clients_are_served(server: Server, fake: FakeUpstream) -> None:
+def test_same_origin_browsers_and_plain_clients_are_served(
+    server: Server, fake: FakeUpstream
+) -> None:
     script = fake.script(Text("ok"), Done())
     own = f"http://127.0.0.1:{server.port}"
     for headers in (
@@ -427,25 +543,35 @@ def test_same_origin_browsers_and_plain_clients_are_served(server: Server, fake:
         {"Sec-Fetch-Site": "same-origin", "Origin": own},
         {"Sec-Fetch-Site": "none"},
     ):
-        response = post_json(server, "/completions/chat", {"prompt": f"x {script.marker}"}, headers)
+        response = post_json(
+            server, "/completions/chat", {"prompt": f"x {script.marker}"}, headers
+        )
         assert response[0] == 200, headers
         assert "Access-Control-Allow-Origin" not in response[1]
 
 
-def test_a_listed_origin_gets_cors_headers_and_a_preflight(server: Server, fake: FakeUpstream) -> None:
+def test_a_listed_origin_gets_cors_headers_and_a_preflight(
+    server: Server, fake: FakeUpstream
+) -> None:
     script = fake.script(Text("ok"), Done())
     preflight = server.request(
         "OPTIONS",
         "/completions/chat",
-        headers={"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type", "Sec-Fetch-Site": "cross-site"},
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+            "Sec-Fetch-Site": "cross-site",
+        },
     )
     assert preflight[0] == 204
     assert preflight[1]["Access-Control-Allow-Origin"] == CORS_ORIGIN
     assert preflight[1]["Access-Control-Allow-Methods"] == "POST"
     assert "content-type" in preflight[1]["Access-Control-Allow-Headers"].lower()
     response = post_json(
-        server, "/completions/chat", {"prompt": f"x {script.marker}"},
+        server,
+        "/completions/chat",
+        {"prompt": f"x {script.marker}"},
         {"Origin": CORS_ORIGIN, "Sec-Fetch-Site": "cross-site"},
     )
     assert response[0] == 200
@@ -455,8 +581,12 @@ def test_a_listed_origin_gets_cors_headers_and_a_preflight(server: Server, fake:
 
 def test_an_unlisted_preflight_gets_no_cors_headers(server: Server) -> None:
     status, headers, _ = server.request(
-        "OPTIONS", "/completions/chat",
-        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        "OPTIONS",
+        "/completions/chat",
+        headers={
+            "Origin": "https://evil.example",
+            "Access-Control-Request-Method": "POST",
+        },
     )
     assert status == 204
     assert not [name for name in headers if name.lower().startswith("access-control-")]

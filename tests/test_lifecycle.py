@@ -11,12 +11,11 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.client import get_chat, parse_sse, post_json, texts
+from tests.client import get_chat, post_json
 from tests.conftest import KEEPALIVE_SECONDS, ServerPool
 from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Script, Sleep, Text
 from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
@@ -33,8 +32,8 @@ def open_stream(server: Server, method: str, path: str, prompt: str) -> socket.s
     else:
         body = json.dumps({"prompt": prompt, "message": prompt}).encode()
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         sock.sendall(head.encode() + body)
     received = b""
@@ -59,8 +58,12 @@ def close_and_time(sock: socket.socket, script: Script) -> float:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/completionChat"), ("GET", "/completion"), ("POST", "/completions/chat"),
-     ("POST", "/api/stream")],
+    [
+        ("GET", "/completionChat"),
+        ("GET", "/completion"),
+        ("POST", "/completions/chat"),
+        ("POST", "/api/stream"),
+    ],
 )
 def test_client_disconnect_closes_the_upstream_within_a_second(
     server: Server, fake: FakeUpstream, method: str, path: str
@@ -73,8 +76,10 @@ def test_client_disconnect_closes_the_upstream_within_a_second(
     assert record.finished_at is None  # the upstream never ran to its end
 
 
-def test_client_disconnect_while_the_upstream_is_silent(server: Server, fake: FakeUpstream) -> None:
-    """gunicorn+gevent (and flask run) notice at once; runserver at a keep-alive write."""
+def test_client_disconnect_while_the_upstream_is_silent(
+    server: Server, fake: FakeUpstream
+) -> None:
+    """gunicorn+gevent and flask run notice at once; runserver at a keep-alive write."""
     script = fake.script(Text("first"), Sleep(30), Text("never"), Done())
     sock = open_stream(server, "GET", "/completionChat", f"think {script.marker}")
     elapsed = close_and_time(sock, script)
@@ -119,25 +124,47 @@ def test_finished_failed_and_cancelled_streams_leave_nothing_behind(
     silent = fake.script(Text("first"), Sleep(30))
     for _ in range(3):
         assert get_chat(server, f"f {finished.marker}")[0] == 200
-        answer = post_json(server, "/completions/chat", {"prompt": f"x {failed.marker}"})
+        answer = post_json(
+            server, "/completions/chat", {"prompt": f"x {failed.marker}"}
+        )
         assert answer[0] == 200, answer
-        close_and_time(open_stream(server, "POST", "/api/stream", f"c {cancelled.marker}"), cancelled)
-        close_and_time(open_stream(server, "GET", "/completionChat", f"s {silent.marker}"), silent)
+        close_and_time(
+            open_stream(server, "POST", "/api/stream", f"c {cancelled.marker}"),
+            cancelled,
+        )
+        close_and_time(
+            open_stream(server, "GET", "/completionChat", f"s {silent.marker}"), silent
+        )
 
     # Pooled keep-alive connections may stay open: at most one more than before.
-    assert _settle(lambda: fake.open_connections, upstream_open + 1) <= upstream_open + 1
+    assert (
+        _settle(lambda: fake.open_connections, upstream_open + 1) <= upstream_open + 1
+    )
     assert _settle(lambda: _fd_count(pid), fds + 1) <= fds + 1
     assert _settle(lambda: _thread_count(pid), threads) <= threads
 
 
 @pytest.mark.parametrize(
     ("kind", "config"),
-    [(FLASK_GUNICORN, "plain"), (DJANGO_GUNICORN, "plain"), (FLASK_GUNICORN, "tls"),
-     (DJANGO_GUNICORN, "tls")],
-    ids=["flask-gunicorn", "django-gunicorn", "flask-gunicorn-tls", "django-gunicorn-tls"],
+    [
+        (FLASK_GUNICORN, "plain"),
+        (DJANGO_GUNICORN, "plain"),
+        (FLASK_GUNICORN, "tls"),
+        (DJANGO_GUNICORN, "tls"),
+    ],
+    ids=[
+        "flask-gunicorn",
+        "django-gunicorn",
+        "flask-gunicorn-tls",
+        "django-gunicorn-tls",
+    ],
 )
 def test_one_gevent_worker_serves_200_concurrent_streams(
-    pool: ServerPool, upstream: FakeUpstream, tls_upstream: FakeUpstream, kind, config: str  # type: ignore[no-untyped-def]
+    pool: ServerPool,
+    upstream: FakeUpstream,
+    tls_upstream: FakeUpstream,
+    kind,
+    config: str,  # type: ignore[no-untyped-def]
 ) -> None:
     server = pool.get(kind, config)
     fake = tls_upstream if config == "tls" else upstream
@@ -147,10 +174,14 @@ def test_one_gevent_worker_serves_200_concurrent_streams(
     for delta in deltas:
         steps += [Text(delta), Sleep(0.05)]
     script = fake.script(*steps, Done())
-    expected = b"".join(
-        b"".join(b"data: " + line.encode() + b"\n" for line in d.split("\n")) + b"\n"
-        for d in deltas
-    ) + b"data: [DONE]\n\n"
+    expected = (
+        b"".join(
+            b"".join(b"data: " + line.encode() + b"\n" for line in d.split("\n"))
+            + b"\n"
+            for d in deltas
+        )
+        + b"data: [DONE]\n\n"
+    )
     bodies: list[bytes | BaseException] = [b""] * streams
     start = threading.Barrier(streams, timeout=30)
 

@@ -27,29 +27,52 @@ def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str,
         ("GET", "/healthz", None, {}),
         ("GET", f"/completionChat?prompt=a+{script.marker}", None, {}),
         ("GET", f"/completion?prompt=a+{script.marker}", None, {}),
-        ("POST", "/completions/chat", f'{{"prompt": "{script.marker}"}}'.encode(), json_type),
-        ("POST", "/api/stream", f'{{"message": "{script.marker}"}}'.encode(), json_type),
+        (
+            "POST",
+            "/completions/chat",
+            f'{{"prompt": "{script.marker}"}}'.encode(),
+            json_type,
+        ),
+        (
+            "POST",
+            "/api/stream",
+            f'{{"message": "{script.marker}"}}'.encode(),
+            json_type,
+        ),
         ("GET", f"/completionChat?prompt={limited.marker}", None, {}),
         ("GET", "/completionChat", None, {}),
         ("POST", "/completions/chat", b"{", json_type),
         ("POST", "/completions/chat", b"{}", {"Content-Type": "text/plain"}),
         ("PUT", "/api/stream", None, {}),
         ("GET", "/completionChat?prompt=x", None, {"Sec-Fetch-Site": "cross-site"}),
-        ("OPTIONS", "/completions/chat", None,
-         {"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST"}),
-        ("POST", "/completions/chat", f'{{"prompt": "{script.marker}"}}'.encode(),
-         {**json_type, "Origin": CORS_ORIGIN}),
+        (
+            "OPTIONS",
+            "/completions/chat",
+            None,
+            {"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST"},
+        ),
+        (
+            "POST",
+            "/completions/chat",
+            f'{{"prompt": "{script.marker}"}}'.encode(),
+            {**json_type, "Origin": CORS_ORIGIN},
+        ),
     ]
 
 
-def answer(server: Server, request: tuple[str, str, bytes | None, dict[str, str]],
-           ignored: set[str]) -> tuple[int, str, list[tuple[str, str]], bytes]:
+def answer(
+    server: Server,
+    request: tuple[str, str, bytes | None, dict[str, str]],
+    ignored: set[str],
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
     method, path, body, headers = request
     conn = server.connection()
     try:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
-        kept = sorted((k.lower(), v) for k, v in response.getheaders() if k.lower() not in ignored)
+        kept = sorted(
+            (k.lower(), v) for k, v in response.getheaders() if k.lower() not in ignored
+        )
         return response.status, response.reason, kept, response.read()
     finally:
         conn.close()
@@ -63,4 +86,6 @@ def test_flask_and_django_send_the_same_bytes(
     django = pool.get(DJANGO_GUNICORN if production else DJANGO_DEV)
     ignored = SERVER_HEADERS if production else DEV_SERVER_HEADERS
     for request in requests(upstream):
-        assert answer(flask, request, ignored) == answer(django, request, ignored), request
+        assert answer(flask, request, ignored) == answer(django, request, ignored), (
+            request
+        )
