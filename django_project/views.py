@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from django_project.apps import StreamConfig
 from shared.guard import check_method, check_site, cors_headers, preflight_headers
 from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
 from shared.streaming import (
@@ -29,7 +30,9 @@ from shared.validation import json_body, messages_from_json, prompt_from_query
 
 View = Callable[[HttpRequest], HttpResponseBase]
 
-upstream = Upstream(settings.STREAM_SETTINGS)
+
+def _upstream() -> Upstream:
+    return StreamConfig.upstream
 
 
 def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
@@ -108,14 +111,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 def completion(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
-    return _sse(request, upstream.complete(prompt))
+    return _sse(request, _upstream().complete(prompt))
 
 
 @route("GET")
 def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
-    return _sse(request, upstream.chat([{"role": "user", "content": prompt}]))
+    return _sse(request, _upstream().chat([{"role": "user", "content": prompt}]))
 
 
 @route("POST")
@@ -124,7 +127,7 @@ def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
     messages = messages_from_json(
         _json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars
     )
-    return _sse(request, upstream.chat(messages))
+    return _sse(request, _upstream().chat(messages))
 
 
 @route("POST")
@@ -134,6 +137,6 @@ def api_stream(request: HttpRequest) -> StreamingHttpResponse:
         _json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars
     )
     body = text_stream(
-        upstream.chat(messages), client_socket=request.META.get("gunicorn.socket")
+        _upstream().chat(messages), client_socket=request.META.get("gunicorn.socket")
     )
     return StreamingHttpResponse(body, headers=TEXT_HEADERS)

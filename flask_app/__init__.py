@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -23,7 +22,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["upstream"] = Upstream(settings)
     app.register_blueprint(bp)
     app.after_request(_add_security_headers)
-    logging.getLogger("shared").info("Upstream: %s", settings.upstream_label)
     return app
 
 

@@ -31,9 +31,10 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 __all__ = [
+    "Callbacks",
     "SSE_HEADERS",
     "TEXT_HEADERS",
     "ClientDisconnected",
@@ -60,7 +61,12 @@ TEXT_HEADERS = {
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_KEY_LIKE = re.compile(r"\b(sk|key|api)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
+_SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_KEY_LIKE = re.compile(
+    r"\b(?:sk|gsk|hf|xai|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}|(?<=Bearer )\S+",
+    re.IGNORECASE,
+)
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
 _QUEUE_SIZE = 8  # upstream reads buffered per stream before the upstream is paused
@@ -139,9 +145,13 @@ def _as_stream_error(exc: BaseException) -> StreamError:
 
 
 def _upstream_message(exc: Any) -> str:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    message = body.get("message") or body.get("error", {}).get("message") or exc.message
-    return _redact(str(message))
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        body = body.get("message") or (
+            error.get("message") if isinstance(error, dict) else error
+        )
+    return _redact(str(body if body and isinstance(body, str) else exc.message))
 
 
 def _redact(message: str) -> str:
@@ -168,7 +178,9 @@ def _chunk_items(chunk: Any) -> Batch:
     kind = _field(chunk, "type")
     if kind:  # Responses API event
         if kind == "response.output_text.delta":
-            items.append(_field(chunk, "delta") or "")
+            delta = _field(chunk, "delta")
+            if delta and isinstance(delta, str):
+                items.append(delta)
         elif kind == "response.completed":
             usage = _field(_field(chunk, "response"), "usage")
             if usage:
@@ -183,7 +195,7 @@ def _chunk_items(chunk: Any) -> Batch:
         # Providers differ: a delta (chat), text (legacy), or a whole message.
         message = _field(choice, "delta") or _field(choice, "message")
         text = _field(message, "content") if message else _field(choice, "text")
-        if text:
+        if text and isinstance(text, str):  # not e.g. a list of content parts
             items.append(text)
     usage = _field(chunk, "usage")
     if usage:
@@ -211,17 +223,17 @@ def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
     """
     pending = b""
     data: list[bytes] = []
+    skip_lf = False  # the last read ended with a CR: an LF next completes that CRLF
+    reads = _without_bom(reads)
     for read in reads:
-        pending += read
-        lines = re.split(rb"\r\n|\r(?!$)|\n", pending)
-        pending = lines.pop()  # an incomplete line, or a lone CR awaiting its LF
-        if pending.endswith(b"\r"):
-            lines.append(pending[:-1])
-            pending = b"\r"
+        if skip_lf and read[:1] == b"\n":
+            read = read[1:]
+        buffer = pending + read
+        skip_lf = buffer.endswith(b"\r")
+        lines = _SSE_LINE_END.split(buffer)
+        pending = lines.pop()  # the incomplete last line
         events: list[str] = []
         for line in lines:
-            if line == b"\r":
-                continue  # a CR already counted as a line end
             if not line:
                 if data:
                     events.append(b"\n".join(data).decode("utf-8", "replace"))
@@ -234,6 +246,16 @@ def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
             yield events
     if data:  # tolerate a provider that ends without the final blank line
         yield [b"\n".join(data).decode("utf-8", "replace")]
+
+
+def _without_bom(reads: Iterable[bytes]) -> Iterator[bytes]:
+    """NOTE: as per the spec, one leading byte order mark is not part of the stream."""
+    iterator = iter(reads)
+    for first in iterator:
+        if first:
+            yield first.removeprefix(b"\xef\xbb\xbf")
+            break
+    yield from iterator
 
 
 def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
@@ -292,8 +314,11 @@ def _named_event(name: str, payload: Mapping[str, Any]) -> bytes:
 
 
 def _utf8(text: str) -> bytes:
-    # A lone surrogate (possible in JSON text) can't be UTF-8: send U+FFFD instead.
-    return text.encode("utf-8", "replace")
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (possible in JSON text) can't be UTF-8: send U+FFFD.
+        return _SURROGATE.sub("\ufffd", text).encode()
 
 
 def sse_frames(
@@ -301,11 +326,7 @@ def sse_frames(
     *,
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
     client_socket: socket.socket | None = None,
-    on_start: Callable[[], object] | None = None,
-    on_token: Callable[[str], object] | None = None,
-    on_completion: Callable[[str], object] | None = None,
-    on_usage: Callable[[Usage], object] | None = None,
-    on_error: Callable[[BaseException], object] | None = None,
+    **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as the contract's SSE body: text events, usage, ``[DONE]``.
 
@@ -335,8 +356,7 @@ def sse_frames(
         else:
             yield _DONE
 
-    callbacks = _Callbacks(on_start, on_token, on_completion, on_usage, on_error)
-    relay = _Relay(chunks, keepalive_seconds, client_socket, callbacks)
+    relay = _Relay(chunks, keepalive_seconds, client_socket, _Callbacks(**callbacks))
     relay.start(first_output_within=keepalive_seconds)
     return _ClosingIterable(frames(relay), relay)
 
@@ -345,11 +365,7 @@ def text_stream(
     chunks: Iterable[Any],
     *,
     client_socket: socket.socket | None = None,
-    on_start: Callable[[], object] | None = None,
-    on_token: Callable[[str], object] | None = None,
-    on_completion: Callable[[str], object] | None = None,
-    on_usage: Callable[[Usage], object] | None = None,
-    on_error: Callable[[BaseException], object] | None = None,
+    **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as raw UTF-8 text; a failure raises :class:`UpstreamFailed`.
 
@@ -372,9 +388,8 @@ def text_stream(
         except Exception as exc:
             raise UpstreamFailed(_as_stream_error(exc).message) from exc
 
-    callbacks = _Callbacks(on_start, on_token, on_completion, on_usage, on_error)
     # No keep-alive in raw text: any byte written would become part of the answer.
-    relay = _Relay(chunks, None, client_socket, callbacks)
+    relay = _Relay(chunks, None, client_socket, _Callbacks(**callbacks))
     relay.start(first_output_within=None)
     return _ClosingIterable(texts(relay), relay)
 
@@ -386,16 +401,28 @@ class ClientDisconnected(Exception):
     """The client closed its connection; the stream ends without another byte."""
 
 
-class _Callbacks:
-    """The optional hooks, called from the thread that writes the response."""
+class Callbacks(TypedDict, total=False):
+    """Optional hooks, called from the thread that writes the response.
 
+    ``on_completion`` gets the whole text at a normal end; ``on_error`` the exception
+    of a failed stream (not of a client that left).
+    """
+
+    on_start: Callable[[], object]
+    on_token: Callable[[str], object]
+    on_completion: Callable[[str], object]
+    on_usage: Callable[[Usage], object]
+    on_error: Callable[[BaseException], object]
+
+
+class _Callbacks:
     def __init__(
         self,
-        on_start: Callable[[], object] | None,
-        on_token: Callable[[str], object] | None,
-        on_completion: Callable[[str], object] | None,
-        on_usage: Callable[[Usage], object] | None,
-        on_error: Callable[[BaseException], object] | None,
+        on_start: Callable[[], object] | None = None,
+        on_token: Callable[[str], object] | None = None,
+        on_completion: Callable[[str], object] | None = None,
+        on_usage: Callable[[Usage], object] | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.on_start, self.on_token, self.on_usage = on_start, on_token, on_usage
         self.on_completion, self.on_error = on_completion, on_error
@@ -446,6 +473,7 @@ class _Relay:
         self._callbacks = callbacks
         self._queue: queue.Queue[object] = queue.Queue(_QUEUE_SIZE)
         self._stop = threading.Event()
+        self._client_gone = threading.Event()
         self._gevent = _gevent_active()
         self._helpers: list[Any] = []
         self._started = False
@@ -460,7 +488,11 @@ class _Relay:
         """
         self._started = True
         if self._callbacks.on_start:
-            self._callbacks.on_start()
+            try:
+                self._callbacks.on_start()
+            except BaseException:
+                _close(self._chunks)
+                raise
         self._spawn(self._read)
         if self._client_socket is not None:
             self._spawn(self._watch_client)
@@ -481,6 +513,8 @@ class _Relay:
 
     def __iter__(self) -> Iterator[Batch | None]:
         while True:
+            if self._client_gone.is_set():
+                raise ClientDisconnected
             if self._first is not None:
                 item, self._first = self._first, None
             else:
@@ -556,12 +590,13 @@ class _Relay:
             except OSError:
                 peeked = b""
             if not peeked:  # end of file: the client is gone
+                self._client_gone.set()
                 self._stop.set()
                 _shutdown(self._chunks)
                 try:
-                    self._queue.put_nowait(_GONE)
+                    self._queue.put_nowait(_GONE)  # wakes a writer waiting for data
                 except queue.Full:
-                    pass  # the writer is busy and will fail on its next write
+                    pass  # the writer is not waiting: it sees _client_gone next
             return  # any other byte is the client's next request: not ours to read
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -33,6 +34,13 @@ class Upstream:
         self.settings = settings
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
+        if settings.uses_demo:
+            log.warning(
+                "No OPENAI_API_KEY or OPENAI_BASE_URL set: answering with the offline "
+                "demo model."
+            )
+        else:
+            log.info("Upstream: %s", _without_credentials(settings.base_url))
 
     @property
     def client(self) -> openai.OpenAI:
@@ -45,10 +53,6 @@ class Upstream:
     def _make_client(self) -> openai.OpenAI:
         settings = self.settings
         if settings.uses_demo:
-            log.warning(
-                "No OPENAI_API_KEY or OPENAI_BASE_URL: answering with the offline "
-                "demo model."
-            )
             return openai.OpenAI(
                 api_key="demo",
                 base_url=DEMO_BASE_URL,
@@ -91,3 +95,11 @@ class Upstream:
                 stream_options={"include_usage": True},
             )
         )
+
+
+def _without_credentials(base_url: str | None) -> str:
+    """The upstream's address for a log line, without any ``user:password@``."""
+    if not base_url:
+        return "the OpenAI API"
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -26,8 +26,8 @@ from tests.servers import (
 
 # Unique per run: a test greps every response and log line for it.
 FAKE_API_KEY = f"sk-test-{uuid.uuid4().hex}"
-KEEPALIVE_SECONDS = 1.0
-UPSTREAM_TIMEOUT_SECONDS = 4.0
+KEEPALIVE_SECONDS = 0.5
+UPSTREAM_TIMEOUT_SECONDS = 2.0
 CORS_ORIGIN = "http://allowed.example"
 # Low enough that a too-long prompt still fits in a URL (gunicorn refuses lines
 # over 4094 bytes with its own 414).
@@ -51,6 +51,8 @@ class ServerPool:
         return self._servers[key]
 
     def _env(self, config: str) -> dict[str, str]:
+        if config == "demo":  # no key and no base URL: the built-in demo model
+            return {"STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS)}
         env = {
             "OPENAI_API_KEY": FAKE_API_KEY,
             "STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),

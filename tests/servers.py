@@ -30,6 +30,7 @@ class ServerKind:
     name: str
     framework: str  # "flask" or "django"
     production: bool  # gunicorn+gevent, or the framework's development server
+    extra_args: tuple[str, ...] = ()
 
     def command(self, port: int) -> list[str]:
         if not self.production:
@@ -62,6 +63,7 @@ class ServerKind:
             f"127.0.0.1:{port}",
             "--workers",
             "1",
+            *self.extra_args,
             target,
         ]
 
@@ -71,6 +73,17 @@ DJANGO_DEV = ServerKind("django-runserver", "django", production=False)
 FLASK_GUNICORN = ServerKind("flask-gunicorn", "flask", production=True)
 DJANGO_GUNICORN = ServerKind("django-gunicorn", "django", production=True)
 ALL_KINDS = (FLASK_DEV, DJANGO_DEV, FLASK_GUNICORN, DJANGO_GUNICORN)
+# The app imported in gunicorn's master before the fork: the gevent/TLS trap.
+FLASK_GUNICORN_PRELOAD = ServerKind(
+    "flask-gunicorn-preload", "flask", production=True, extra_args=("--preload",)
+)
+DJANGO_GUNICORN_PRELOAD = ServerKind(
+    "django-gunicorn-preload", "django", production=True, extra_args=("--preload",)
+)
+# A worker timeout far shorter than a stream: gevent workers must not cut it.
+FLASK_GUNICORN_SHORT_TIMEOUT = ServerKind(
+    "flask-gunicorn-timeout-1s", "flask", production=True, extra_args=("--timeout", "1")
+)
 
 
 @dataclass

@@ -390,14 +390,14 @@ def test_upstream_timeout_mid_stream_is_an_error_event(
     assert b"[DONE]" not in body
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [
-        pytest.param(Abort(), id="reset"),
-        pytest.param(ErrorEvent("The model crashed"), id="error-chunk"),
-        pytest.param(Raw(b"data: {not json\n\n"), id="malformed-chunk"),
-    ],
-)
+UPSTREAM_FAILURES = [
+    pytest.param(Abort(), id="reset"),
+    pytest.param(ErrorEvent("The model crashed"), id="error-chunk"),
+    pytest.param(Raw(b"data: {not json\n\n"), id="malformed-chunk"),
+]
+
+
+@pytest.mark.parametrize("failure", UPSTREAM_FAILURES)
 def test_failure_after_the_first_byte_is_an_error_event_without_done(
     server: Server, fake: FakeUpstream, failure: object
 ) -> None:
@@ -415,14 +415,7 @@ def test_failure_after_the_first_byte_is_an_error_event_without_done(
     assert b"[DONE]" not in body
 
 
-@pytest.mark.parametrize(
-    "failure",
-    [
-        pytest.param(Abort(), id="reset"),
-        pytest.param(ErrorEvent("Overloaded"), id="error-chunk"),
-        pytest.param(Raw(b"data: {oops\n\n"), id="malformed-chunk"),
-    ],
-)
+@pytest.mark.parametrize("failure", UPSTREAM_FAILURES)
 @pytest.mark.parametrize(("method", "path"), [*SSE_ROUTES, ("POST", "/api/stream")])
 def test_failure_before_any_output_gets_a_502_status(
     server: Server, fake: FakeUpstream, failure: object, method: str, path: str

@@ -15,10 +15,15 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.client import get_chat, post_json
+from tests.client import get_chat, parse_sse, post_json, texts
 from tests.conftest import KEEPALIVE_SECONDS, ServerPool
 from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Script, Sleep, Text
-from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
+from tests.servers import (
+    DJANGO_GUNICORN,
+    FLASK_GUNICORN,
+    FLASK_GUNICORN_SHORT_TIMEOUT,
+    Server,
+)
 
 CANCEL_BOUND_SECONDS = 1.0
 
@@ -201,3 +206,16 @@ def test_one_gevent_worker_serves_200_concurrent_streams(
     wrong = [b for b in bodies if b != expected]
     assert not wrong, f"{len(wrong)} of {streams} streams wrong, e.g. {wrong[0]!r}"
     assert len(script.requests) == streams
+
+
+def test_no_stream_is_cut_by_the_worker_timeout(
+    pool: ServerPool, upstream: FakeUpstream
+) -> None:
+    server = pool.get(FLASK_GUNICORN_SHORT_TIMEOUT)
+    script = upstream.script(
+        Text("a"), Sleep(2.5), Text("b"), Sleep(1), Text("c"), Done()
+    )
+    status, _, body = get_chat(server, f"long {script.marker}", timeout=30)
+    assert status == 200
+    assert texts(parse_sse(body)) == ["a", "b", "c"]
+    assert "WORKER TIMEOUT" not in server.log()

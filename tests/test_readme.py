@@ -128,6 +128,7 @@ def test_the_flask_snippet_streams_with_only_the_core_beside_it(
     assert client.get("/chat?prompt=").status_code == 400
 
 
+@pytest.mark.django_db  # closing a response sends request_finished, which may touch it
 def test_the_django_snippet_streams_with_only_the_core_beside_it(
     copied_core: Path, fake_openai: FakeUpstream
 ) -> None:

@@ -9,7 +9,14 @@ import pytest
 from tests.client import error_of, parse_sse, post_json, texts
 from tests.conftest import ServerPool
 from tests.fake_upstream import Done, FakeUpstream, Text, Usage
-from tests.servers import ALL_KINDS, DJANGO_GUNICORN, FLASK_GUNICORN, ServerKind
+from tests.servers import (
+    ALL_KINDS,
+    DJANGO_GUNICORN,
+    DJANGO_GUNICORN_PRELOAD,
+    FLASK_GUNICORN,
+    FLASK_GUNICORN_PRELOAD,
+    ServerKind,
+)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
@@ -49,3 +56,39 @@ def test_chat_routes_can_use_the_responses_api(
     assert request.json["input"] == messages
     status, _, raw = post_json(server, "/api/stream", {"message": f"x {script.marker}"})
     assert (status, raw) == (200, b"Hello\nyou")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [FLASK_GUNICORN_PRELOAD, DJANGO_GUNICORN_PRELOAD],
+    ids=["flask", "django"],
+)
+def test_tls_upstream_works_when_gunicorn_preloads_the_app(
+    pool: ServerPool, tls_upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    """The app is imported before the fork, yet its client's TLS works under gevent."""
+    server = pool.get(kind, "tls")
+    script = tls_upstream.script(Text("secure"), Text(" hello"), Done())
+    status, _, body = post_json(server, "/completions/chat", {"prompt": script.marker})
+    assert status == 200, body
+    assert texts(parse_sse(body)) == ["secure", " hello"]
+    assert "TypeError" not in server.log()
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
+def test_without_a_key_the_demo_model_answers(
+    pool: ServerPool, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "demo")
+    assert json.loads(server.request("GET", "/healthz")[2])["upstream"] == "demo"
+    status, headers, body = post_json(server, "/completions/chat", {"prompt": "Hello"})
+    assert status == 200
+    events = parse_sse(body)
+    answer = "".join(texts(events))
+    assert "demo" in answer and "Hello" in answer
+    assert len(texts(events)) > 10  # streamed in many deltas, not one block
+    assert [e.event for e in events][-2:] == ["usage", "message"]
+    assert events[-1].data == "[DONE]"
+    again = post_json(server, "/api/stream", {"message": "Hello"})[2].decode()
+    assert again == answer  # deterministic
+    assert "offline demo model" in server.log()  # the server says so at start
