@@ -32,6 +32,7 @@ CORS_ORIGIN = "http://allowed.example"
 # Low enough that a too-long prompt still fits in a URL (gunicorn refuses lines
 # over 4094 bytes with its own 414).
 MAX_PROMPT_CHARS = 2000
+GRACE = {"GRACEFUL_TIMEOUT": "3"}  # gunicorn's wait for open streams at the end
 
 
 class ServerPool:
@@ -52,14 +53,14 @@ class ServerPool:
 
     def _env(self, config: str) -> dict[str, str]:
         if config == "demo":  # no key and no base URL: the built-in demo model
-            return {"STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS)}
+            return {"STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS), **GRACE}
         env = {
             "OPENAI_API_KEY": FAKE_API_KEY,
             "STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
             "STREAM_UPSTREAM_TIMEOUT_SECONDS": str(UPSTREAM_TIMEOUT_SECONDS),
             "STREAM_CORS_ORIGINS": CORS_ORIGIN,
             "STREAM_MAX_PROMPT_CHARS": str(MAX_PROMPT_CHARS),
-            "GRACEFUL_TIMEOUT": "3",
+            **GRACE,
         }
         if config == "refused":  # nothing listens there
             env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"

@@ -213,7 +213,7 @@ def test_no_stream_is_cut_by_the_worker_timeout(
 ) -> None:
     server = pool.get(FLASK_GUNICORN_SHORT_TIMEOUT)
     script = upstream.script(
-        Text("a"), Sleep(2.5), Text("b"), Sleep(1), Text("c"), Done()
+        Text("a"), Sleep(1.5), Text("b"), Sleep(1.5), Text("c"), Done()
     )
     status, _, body = get_chat(server, f"long {script.marker}", timeout=30)
     assert status == 200
