@@ -51,7 +51,7 @@ def demo_answer(prompt: str) -> str:
     closing = _CLOSINGS[zlib.crc32(prompt.encode()) % len(_CLOSINGS)]
     return (
         "Hello! I am the offline demo model: this answer never left your machine.\n"
-        f'You wrote: "{quote}" ({len(words)} words).\n'
+        f'You wrote: "{quote}" ({len(words)} word{"" if len(words) == 1 else "s"}).\n'
         "While I type, notice that:\n"
         "- tokens arrive one by one, roughly word by word;\n"
         "- line breaks and this little list stream in as they are produced;\n"

@@ -436,7 +436,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(timeout)
             return False
         try:
-            if not select.select([sock], [], [], timeout)[0]:
+            poller = select.poll()  # not select(): it fails on descriptors >= 1024
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(timeout * 1000):
                 return False
             if isinstance(sock, ssl.SSLSocket):  # can't peek through TLS; read
                 sock.settimeout(0.05)
@@ -479,7 +481,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # close() shuts connections down itself, bounded
-    request_queue_size = 128
+    request_queue_size = 2048  # a burst of a thousand streams connects at once
     timeout = 0.05  # handle_request() poll, so the accept loop notices close()
 
     def __init__(self, fake: FakeUpstream, context: ssl.SSLContext | None) -> None:
