@@ -67,6 +67,8 @@ class ServerPool:
             return env
         upstream = self._upstreams["tls" if config == "tls" else "plain"]
         env["OPENAI_BASE_URL"] = upstream.base_url
+        if config == "no-key":  # a local server that needs none
+            del env["OPENAI_API_KEY"]
         if upstream.ca_file:
             env["SSL_CERT_FILE"] = str(upstream.ca_file)
         if config == "responses":

@@ -92,3 +92,16 @@ def test_without_a_key_the_demo_model_answers(
     again = post_json(server, "/api/stream", {"message": "Hello"})[2].decode()
     assert again == answer  # deterministic
     assert "offline demo model" in server.log()  # the server says so at start
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
+def test_a_base_url_without_a_key_sends_a_placeholder_key(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "no-key")
+    health = json.loads(server.request("GET", "/healthz")[2])
+    assert health["upstream"] == "openai-compatible"
+    script = upstream.script(Text("local"), Done())
+    status, _, body = post_json(server, "/completions/chat", {"prompt": script.marker})
+    assert (status, texts(parse_sse(body))) == (200, ["local"])
+    assert script.wait_for_request().headers["authorization"] == "Bearer no-key-needed"
