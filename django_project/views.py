@@ -16,7 +16,7 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from django_project.apps import StreamConfig
-from shared.guard import check_method, check_site, cors_headers, preflight_headers
+from shared.guard import admit, cors_headers
 from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -48,18 +48,20 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
         @functools.wraps(view)
         def guarded(request: HttpRequest) -> HttpResponseBase:
             origins = settings.STREAM_SETTINGS.cors_origins if same_site else ()
-            if request.method == "OPTIONS":
-                response: HttpResponseBase = HttpResponse(status=204)
-                del response["Content-Type"]
-                _set_headers(
-                    response, preflight_headers(request.headers, [method], origins)
-                )
-                return response
+            response: HttpResponseBase
             try:
-                check_method(request.method or "", [method])
-                if same_site:
-                    check_site(request.headers, origins)
-                response = view(request)
+                preflight = admit(
+                    request.method or "",
+                    request.headers,
+                    method,
+                    origins,
+                    same_site=same_site,
+                )
+                if preflight is None:
+                    response = view(request)
+                else:
+                    response = HttpResponse(status=204, headers=preflight)
+                    del response["Content-Type"]
             except StreamError as error:
                 response = HttpResponse(
                     error.body(),

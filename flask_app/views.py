@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from shared.config import Settings
-from shared.guard import check_method, check_site, cors_headers, preflight_headers
+from shared.guard import admit, cors_headers
 from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -42,18 +42,19 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
         @functools.wraps(view)
         def guarded() -> Response:
             origins = _settings().cors_origins if same_site else ()
-            if request.method == "OPTIONS":
-                preflight = Response(
-                    status=204,
-                    headers=preflight_headers(request.headers, [method], origins),
-                )
-                del preflight.headers["Content-Type"]
-                return preflight
             try:
-                check_method(request.method, [method])
-                if same_site:
-                    check_site(request.headers, origins)
-                response = view()
+                preflight = admit(
+                    request.method,
+                    request.headers,
+                    method,
+                    origins,
+                    same_site=same_site,
+                )
+                if preflight is None:
+                    response = view()
+                else:
+                    response = Response(status=204, headers=preflight)
+                    del response.headers["Content-Type"]
             except StreamError as error:
                 response = Response(
                     error.body(),

@@ -90,3 +90,24 @@ def preflight_headers(
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_SECONDS),
         }
     return reply
+
+
+def admit(
+    method: str,
+    headers: Headers,
+    allowed: str,
+    cors_origins: Collection[str],
+    *,
+    same_site: bool = True,
+) -> dict[str, str] | None:
+    """Apply a route's rules before its view runs, the same way in both apps.
+
+    Returns the headers of the ``204`` answer to ``OPTIONS``, or ``None`` when the
+    view may run; raises :class:`StreamError` (405, 403) to refuse the request.
+    """
+    if method == "OPTIONS":
+        return preflight_headers(headers, [allowed], cors_origins)
+    check_method(method, [allowed])
+    if same_site:
+        check_site(headers, cors_origins)
+    return None
