@@ -197,6 +197,9 @@ def test_one_gevent_worker_serves_many_concurrent_streams(
         try:
             start.wait()
             status, _, body = get_chat(server, f"n{index} {script.marker}", timeout=60)
+            # Under this load the fake upstream may pause past the keep-alive
+            # interval: the comments it then earns are part of a correct body.
+            body = body.replace(b": keep-alive\n\n", b"")
             bodies[index] = body if status == 200 else RuntimeError(status)
         except Exception as exc:  # recorded and asserted below
             bodies[index] = exc
