@@ -330,8 +330,11 @@ def sse_frames(
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as the contract's SSE body: text events, usage, ``[DONE]``.
 
-    ``client_socket`` (the WSGI server's, e.g. ``environ["gunicorn.socket"]``) lets a
-    client that leaves be noticed while the upstream is silent.
+    Waits up to ``keepalive_seconds`` for the first output and raises
+    :class:`StreamError` if the upstream fails before it, so the view can still
+    answer with a status. ``client_socket`` (the WSGI server's, e.g.
+    ``environ["gunicorn.socket"]``) lets a client that leaves be noticed while the
+    upstream is silent. Close the returned body (WSGI servers do) to end the stream.
     """
 
     def frames(relay: _Relay) -> Iterator[bytes]:
@@ -369,8 +372,10 @@ def text_stream(
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as raw UTF-8 text; a failure raises :class:`UpstreamFailed`.
 
-    The exception makes the WSGI server drop the connection without the body's final
-    chunk, so a client sees an error rather than a silently shortened answer.
+    Waits for the first output and raises :class:`StreamError` if the upstream fails
+    before it. A later failure's exception makes the WSGI server drop the connection
+    without the body's final chunk, so a client sees an error rather than a silently
+    shortened answer.
     """
 
     def texts(relay: _Relay) -> Iterator[bytes]:
