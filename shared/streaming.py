@@ -176,7 +176,8 @@ def _chunk_items(chunk: Any) -> Batch:
         raise UpstreamFailed(_redact(str(_field(error, "message") or error)))
     items: Batch = []
     kind = _field(chunk, "type")
-    if kind:  # Responses API event
+    # A Responses API event; other providers' chunks may carry a "type" of their own.
+    if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
         if kind == "response.output_text.delta":
             delta = _field(chunk, "delta")
             if delta and isinstance(delta, str):

@@ -1070,3 +1070,8 @@ def test_the_headers_keep_proxies_and_browsers_from_buffering() -> None:
             "no-cache",
             "no",
         )
+
+
+def test_a_chat_chunk_with_a_type_field_of_its_own_is_still_read() -> None:
+    chunk = {"type": "chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    assert b"".join(text_stream([chunk])) == b"hi"
