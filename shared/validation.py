@@ -32,7 +32,7 @@ def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
         )
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise StreamError(400, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise StreamError(400, "The body must be a JSON object.")
@@ -67,10 +67,11 @@ def _checked_messages(value: object, max_chars: int) -> Messages:
         if not isinstance(message, dict):
             raise StreamError(400, f"messages[{index}] must be an object.")
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise StreamError(
                 400,
-                f"messages[{index}].role must be one of {sorted(ROLES)}, got {role!r}.",
+                f"messages[{index}].role must be one of {sorted(ROLES)}, "
+                f"got {_short(role)}.",
             )
         if not isinstance(content, str):
             raise StreamError(400, f"messages[{index}].content must be a string.")
@@ -83,3 +84,9 @@ def _checked_messages(value: object, max_chars: int) -> Messages:
     if not any(m["content"].strip() for m in messages):
         raise StreamError(400, "Every message is empty: give some content.")
     return messages
+
+
+def _short(value: object) -> str:
+    """A bad value quoted in an error, cut short: the body may be large."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
