@@ -6,10 +6,10 @@ test's own close to that moment is what the contract bounds (one second).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
-import threading
 import time
 from urllib.parse import quote
 
@@ -190,28 +190,35 @@ def test_one_gevent_worker_serves_many_concurrent_streams(
         )
         + b"data: [DONE]\n\n"
     )
-    bodies: list[bytes | BaseException] = [b""] * streams
-    start = threading.Barrier(streams, timeout=30)
-
-    def run(index: int) -> None:
-        try:
-            start.wait()
-            status, _, body = get_chat(server, f"n{index} {script.marker}", timeout=60)
-            # Under this load the fake upstream may pause past the keep-alive
-            # interval: the comments it then earns are part of a correct body.
-            body = body.replace(b": keep-alive\n\n", b"")
-            bodies[index] = body if status == 200 else RuntimeError(status)
-        except Exception as exc:  # recorded and asserted below
-            bodies[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(90)
+    paths = [
+        f"/completionChat?prompt=n{i}+{quote(script.marker)}" for i in range(streams)
+    ]
+    bodies = asyncio.run(_fetch_all(server.port, paths))
     wrong = [b for b in bodies if b != expected]
     assert not wrong, f"{len(wrong)} of {streams} streams wrong, e.g. {wrong[0]!r}"
     assert len(script.requests) == streams
+
+
+async def _fetch_all(port: int, paths: list[str]) -> list[bytes | BaseException]:
+    """Every path at once, from one thread: a thousand client threads would starve
+    the fake upstream in this same process and make the clients the bottleneck."""
+
+    async def fetch(path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            # HTTP/1.0: the body ends when the server closes, no chunks to decode.
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert head.split(b" ", 2)[1] == b"200", head
+        # Under this load the fake upstream may pause past the keep-alive interval:
+        # the comments it then earns are part of a correct body.
+        return body.replace(b": keep-alive\n\n", b"")
+
+    tasks = [asyncio.wait_for(fetch(path), 90) for path in paths]
+    return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def test_no_stream_is_cut_by_the_worker_timeout(
