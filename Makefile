@@ -4,9 +4,10 @@ PYTHON ?= python3
 PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-django dev-flask dev-django test check
+.PHONY: help install run run-django dev-flask dev-django test check screenshot
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the apps with their test and dev tools
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
@@ -32,10 +38,13 @@ dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
 dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-test: $(STAMP) ## Run the whole test suite (starts every server mode once)
+test: $(STAMP) $(CHROMIUM) ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) ## Lint, format check and type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+screenshot: $(STAMP) $(CHROMIUM) ## Retake docs/screenshot.png: the demo page mid-stream
+	$(BIN)/python docs/screenshot.py

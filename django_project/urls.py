@@ -7,6 +7,7 @@ from django_project import views
 
 urlpatterns = [
     path("", views.index),
+    path("assets/<str:name>", views.page_asset),
     path("healthz", views.healthz),
     path("completion", views.completion),
     path("completionChat", views.completion_chat),

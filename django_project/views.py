@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from django_project.apps import StreamConfig
 from shared.guard import admit, cors_headers
-from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
+from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
@@ -28,7 +28,7 @@ from shared.streaming import (
 from shared.upstream import Upstream
 from shared.validation import json_body, messages_from_json, prompt_from_query
 
-View = Callable[[HttpRequest], HttpResponseBase]
+View = Callable[..., HttpResponseBase]  # URL parameters come as keyword arguments
 
 
 def _upstream() -> Upstream:
@@ -46,7 +46,7 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
-        def guarded(request: HttpRequest) -> HttpResponseBase:
+        def guarded(request: HttpRequest, **url_args: str) -> HttpResponseBase:
             origins = settings.STREAM_SETTINGS.cors_origins if same_site else ()
             response: HttpResponseBase
             try:
@@ -58,7 +58,7 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
                     same_site=same_site,
                 )
                 if preflight is None:
-                    response = view(request)
+                    response = view(request, **url_args)
                 else:
                     response = HttpResponse(status=204, headers=preflight)
                     del response["Content-Type"]
@@ -98,7 +98,15 @@ def _json(request: HttpRequest) -> dict[str, Any]:
 @route("GET", same_site=False)
 def index(request: HttpRequest) -> HttpResponse:
     """The demo page."""
-    return HttpResponse(index_page(), content_type=HTML_CONTENT_TYPE)
+    body, headers = index_page()
+    return HttpResponse(body, headers=headers)
+
+
+@route("GET", same_site=False)
+def page_asset(request: HttpRequest, name: str) -> HttpResponse:
+    """The demo page's script and style."""
+    body, headers = asset(name)
+    return HttpResponse(body, headers=headers)
 
 
 @route("GET", same_site=False)

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, request
 
 from shared.config import Settings
 from shared.guard import admit, cors_headers
-from shared.pages import HTML_CONTENT_TYPE, JSON_CONTENT_TYPE, health_body, index_page
+from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
@@ -28,7 +28,7 @@ from shared.validation import json_body, messages_from_json, prompt_from_query
 bp = Blueprint("stream", __name__)
 
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-View = Callable[[], Response]
+View = Callable[..., Response]  # URL parameters come as keyword arguments
 
 
 def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View], View]:
@@ -40,7 +40,7 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        def guarded() -> Response:
+        def guarded(**url_args: str) -> Response:
             origins = _settings().cors_origins if same_site else ()
             try:
                 preflight = admit(
@@ -51,7 +51,7 @@ def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View],
                     same_site=same_site,
                 )
                 if preflight is None:
-                    response = view()
+                    response = view(**url_args)
                 else:
                     response = Response(status=204, headers=preflight)
                     del response.headers["Content-Type"]
@@ -105,7 +105,15 @@ def _json() -> dict[str, Any]:
 @route("/", "GET", same_site=False)
 def index() -> Response:
     """The demo page."""
-    return Response(index_page(), headers={"Content-Type": HTML_CONTENT_TYPE})
+    body, headers = index_page()
+    return Response(body, headers=headers)
+
+
+@route("/assets/<name>", "GET", same_site=False)
+def page_asset(name: str) -> Response:
+    """The demo page's script and style."""
+    body, headers = asset(name)
+    return Response(body, headers=headers)
 
 
 @route("/healthz", "GET", same_site=False)

@@ -52,11 +52,30 @@ def stream(server: Server, method: str, path: str, prompt: str, **kw: object):  
     return post_json(server, path, {key: prompt}, **kw)
 
 
-def test_index_page_is_served(server: Server) -> None:
+def test_index_page_and_its_assets_are_served(server: Server) -> None:
     status, headers, body = server.request("GET", "/")
     assert status == 200
     assert headers["Content-Type"] == "text/html; charset=utf-8"
-    assert b"<html" in body and b"textContent" in body
+    assert b'<script src="assets/chat.js"' in body
+    # No inline script, so the policy can forbid it: default-src 'self' alone.
+    assert b"<script>" not in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert "script-src" not in headers["Content-Security-Policy"]
+    for name, kind in [("chat.js", "text/javascript"), ("chat.css", "text/css")]:
+        status, headers, body = server.request("GET", f"/assets/{name}")
+        assert (status, headers["Content-Type"]) == (200, f"{kind}; charset=utf-8")
+    assert b"textContent" in server.request("GET", "/assets/chat.js")[2]
+
+
+@pytest.mark.parametrize("name", ["nope.js", "index.html", "..", "chat.js.bak"])
+def test_only_the_listed_assets_are_served(server: Server, name: str) -> None:
+    status, _, body = server.request("GET", f"/assets/{name}")
+    assert (status, json.loads(body)["error"]["type"]) == (404, "not_found")
+
+
+def test_asset_names_cannot_climb_out(server: Server) -> None:
+    status, _, body = server.request("GET", "/assets/..%2Fpyproject.toml")
+    assert status == 404 and b"[project]" not in body  # the framework's own 404
 
 
 def test_healthz_reports_the_upstream_kind(server: Server) -> None:

@@ -24,6 +24,8 @@ def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str,
     json_type = {"Content-Type": "application/json"}
     return [
         ("GET", "/", None, {}),
+        ("GET", "/assets/chat.js", None, {}),
+        ("GET", "/assets/missing.js", None, {}),
         ("GET", "/healthz", None, {}),
         ("GET", f"/completionChat?prompt=a+{script.marker}", None, {}),
         ("GET", f"/completion?prompt=a+{script.marker}", None, {}),

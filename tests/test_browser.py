@@ -1,0 +1,334 @@
+"""The demo page in a real browser: Debian's Chromium driven by Playwright.
+
+Both apps run under gunicorn+gevent against the fake upstream, as in deployment; the
+page is the one users open first and copy from, so each promise of it is checked
+through the browser, with its effect seen at the fake upstream where it matters
+(Stop cancels the upstream; a finished EventSource doesn't run the completion again).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Dialog,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from tests.chromium import launch
+from tests.conftest import ServerPool
+from tests.fake_upstream import (
+    Done,
+    ErrorEvent,
+    FakeUpstream,
+    Forever,
+    Sleep,
+    Text,
+    Usage,
+)
+from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
+
+MODES = ["fetch", "eventsource", "text"]
+WAIT_MS = 10_000  # for anything the page should show
+MARKUP = "<img src=x onerror=alert(1)>"
+
+
+class ChatPage:
+    """The page, with what it logged: console errors and dialogs (none expected)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.console_errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.console_errors.append(str(error)))
+        page.on("dialog", self._dialog)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open(self, server: Server) -> ChatPage:
+        self.page.goto(f"http://127.0.0.1:{server.port}/")
+        return self
+
+    def choose(self, mode: str) -> None:
+        self.page.check(f"input[name=mode][value={mode}]")
+
+    def send(self, prompt: str, mode: str = "fetch", *, new_chat: bool = False) -> None:
+        """Type the prompt and press Enter, as a user does.
+
+        The fake plays the first script whose marker is anywhere in the request, and
+        the history repeats earlier markers: ``new_chat`` clears it first.
+        """
+        if new_chat:
+            self.page.get_by_role("button", name="New chat").click()
+        self.choose(mode)
+        self.box.fill(prompt)
+        self.box.press("Enter")
+
+    @property
+    def box(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message")
+
+    @property
+    def answer(self) -> Locator:
+        return self.page.locator("#conversation li.assistant .text").last
+
+    @property
+    def status(self) -> Locator:
+        return self.page.locator("#status")
+
+    def wait_done(self) -> None:
+        """Wait for the answer in flight to end well (the status says so)."""
+        expect(self.page.get_by_role("button", name="Send")).to_be_enabled(
+            timeout=WAIT_MS
+        )
+        expect(self.status).to_have_text("Done.")
+
+    def forgive(self, pattern: str) -> None:
+        """Drop the console errors that Chromium itself logs for an expected failure."""
+        self.console_errors = [
+            e for e in self.console_errors if not re.search(pattern, e)
+        ]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(
+    params=[FLASK_GUNICORN, DJANGO_GUNICORN], ids=lambda kind: str(kind.name)
+)
+def app(request: pytest.FixtureRequest, pool: ServerPool) -> Server:
+    """Each app under gunicorn+gevent, against the plain fake upstream."""
+    return pool.get(request.param)
+
+
+@pytest.fixture
+def chat(browser: Browser, app: Server) -> Iterator[ChatPage]:
+    """A fresh page of ``app``; afterwards, no console error and no dialog."""
+    context = browser.new_context()
+    chat = ChatPage(context.new_page()).open(app)
+    yield chat
+    context.close()
+    assert chat.console_errors == []
+    assert chat.dialogs == []
+
+
+def test_answer_appears_in_visible_steps_with_stats(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    script = upstream.script(
+        Text("One "),
+        Sleep(0.3),
+        Text("two\n"),
+        Sleep(0.3),
+        Text("three"),
+        Usage(9, 3),
+        Done(),
+    )
+    # Sample the answer at every animation frame: what a user could have seen.
+    chat.page.evaluate("""() => {
+        window.seen = [];
+        const sample = () => {
+          const answers = document.querySelectorAll("#conversation li.assistant .text");
+          const text = answers.length ? answers[answers.length - 1].textContent : "";
+          const status = document.getElementById("status").textContent;
+          const last = window.seen[window.seen.length - 1];
+          if (!last || last.text !== text || last.status !== status) {
+            window.seen.push({ text, status });
+          }
+          requestAnimationFrame(sample);
+        };
+        requestAnimationFrame(sample);
+    }""")
+    chat.send(f"Count to three {script.marker}")
+    chat.wait_done()
+    expect(chat.answer).to_have_text("One two\nthree")
+    seen = chat.page.evaluate("window.seen")
+    before_done = {s["text"] for s in seen if s["text"] and s["status"] != "Done."}
+    assert {"One ", "One two\n"} <= before_done, seen
+    meta = chat.page.locator("#conversation li.assistant .meta").last
+    expect(meta).to_contain_text("first token after")
+    expect(meta).to_contain_text("usage: 9 prompt + 3 completion = 12 tokens")
+
+
+def test_history_is_sent_and_shift_enter_makes_a_new_line(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    # The history repeats the first question: no marker, the default "Hello world".
+    chat.send("Capital of France?")
+    chat.wait_done()
+    second = upstream.script(Text("About 2 million."), Done())
+    box = chat.box
+    box.fill("And its population?")
+    box.press("Shift+Enter")
+    box.type(second.marker)
+    box.press("Enter")
+    chat.wait_done()
+    assert second.wait_for_request().json["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Hello world"},
+        {"role": "user", "content": f"And its population?\n{second.marker}"},
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_streams_the_answer_by_its_own_route(
+    chat: ChatPage, upstream: FakeUpstream, mode: str
+) -> None:
+    routes = {
+        "fetch": "/completions/chat",
+        "eventsource": "/completionChat",
+        "text": "/api/stream",
+    }
+    script = upstream.script(
+        Text("Line 1\r\n"), Text("data: 🙂"), Text("\n[DONE]"), Done()
+    )
+    with chat.page.expect_response(lambda r: routes[mode] in r.url) as response:
+        chat.send(f"Quirky text {script.marker}", mode)
+    chat.wait_done()
+    expect(chat.answer).to_have_text("Line 1\ndata: 🙂\n[DONE]")
+    assert response.value.status == 200
+    assert (
+        script.wait_for_request()
+        .json["messages"][-1]["content"]
+        .endswith(script.marker)
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stop_closes_the_upstream_within_a_second(
+    chat: ChatPage, upstream: FakeUpstream, mode: str
+) -> None:
+    script = upstream.script(Forever("tick ", interval=0.05))
+    chat.send(f"Go on forever {script.marker}", mode)
+    expect(chat.answer).to_contain_text("tick tick", timeout=WAIT_MS)
+    clicked = time.monotonic()
+    chat.page.get_by_role("button", name="Stop").click()
+    script.wait_disconnected()
+    disconnected_at = script.wait_for_request().disconnected_at
+    assert disconnected_at is not None and disconnected_at - clicked < 1.0
+    expect(chat.status).to_have_text("Stopped.")
+    expect(chat.page.get_by_role("button", name="Send")).to_be_enabled()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_markup_from_the_model_is_shown_as_text(
+    chat: ChatPage, upstream: FakeUpstream, mode: str
+) -> None:
+    script = upstream.script(Text(MARKUP), Text(" <script>alert(2)</script>"), Done())
+    chat.send(f"Say something nasty {script.marker}", mode)
+    chat.wait_done()
+    expect(chat.answer).to_have_text(f"{MARKUP} <script>alert(2)</script>")
+    assert chat.page.locator("#conversation img, #conversation script").count() == 0
+    assert chat.dialogs == []
+
+
+def test_nothing_runs_again_after_done_or_error(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    """An EventSource left open would reconnect and re-run (and re-bill) the answer."""
+    scripts = []
+    for mode in MODES:
+        done = upstream.script(Text("Once."), Done())
+        chat.send(f"Answer once {done.marker}", mode, new_chat=True)
+        chat.wait_done()
+        failed = upstream.script(
+            Text("Half"), Sleep(0.1), ErrorEvent("The model broke down")
+        )
+        chat.send(f"Fail once {failed.marker}", mode, new_chat=True)
+        expect(chat.status).to_contain_text("Error:", timeout=WAIT_MS)
+        scripts += [done, failed]
+    chat.forgive("ERR_INCOMPLETE_CHUNKED_ENCODING")  # raw text's cut-off body
+    time.sleep(5)
+    assert [len(s.requests) for s in scripts] == [1] * len(scripts)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_upstream_error_mid_stream_is_shown(
+    chat: ChatPage, upstream: FakeUpstream, mode: str
+) -> None:
+    script = upstream.script(
+        Text("Half an answer"), Sleep(0.1), ErrorEvent("Overloaded")
+    )
+    chat.send(f"Break {script.marker}", mode)
+    expect(chat.status).to_contain_text("Error:", timeout=WAIT_MS)
+    expect(chat.status).to_have_class(re.compile("error"))
+    chat.forgive("ERR_INCOMPLETE_CHUNKED_ENCODING")
+
+
+def test_upstream_429_is_shown_with_retry_after(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    # retry-after-ms keeps the server's SDK retries quick; Retry-After is for the user.
+    script = upstream.script(
+        status=429,
+        headers={"Retry-After": "7", "retry-after-ms": "5"},
+        body={"error": {"message": "Rate limit reached", "type": "requests"}},
+    )
+    chat.send(f"Too much {script.marker}")
+    expect(chat.status).to_contain_text("Error: 429", timeout=WAIT_MS)
+    expect(chat.status).to_contain_text("Retry after 7 s.")
+    chat.forgive(r"status of 429")
+
+
+def test_eventsource_error_before_the_stream_is_shown(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    script = upstream.script(status=503, body={"error": {"message": "down"}})
+    chat.send(f"Anyone there? {script.marker}", "eventsource")
+    expect(chat.status).to_contain_text("could not be opened", timeout=WAIT_MS)
+    chat.forgive(r"status of 502|MIME type")
+
+
+def test_page_says_which_upstream_is_used(
+    chat: ChatPage, browser: Browser, pool: ServerPool
+) -> None:
+    expect(chat.page.locator("#upstream")).to_have_attribute(
+        "data-upstream", "openai-compatible"
+    )
+    demo = ChatPage(browser.new_page()).open(pool.get(FLASK_GUNICORN, "demo"))
+    expect(demo.page.locator("#upstream")).to_have_attribute("data-upstream", "demo")
+    demo.send("Hello")
+    demo.wait_done()
+    assert demo.console_errors == []
+    demo.page.close()
+
+
+def test_controls_are_labelled_and_fit_a_phone(browser: Browser, app: Server) -> None:
+    page = browser.new_page(viewport={"width": 360, "height": 640}, is_mobile=True)
+    chat = ChatPage(page).open(app)
+    expect(page.get_by_role("textbox", name="Message")).to_be_visible()
+    for button in ["Send", "Stop", "New chat"]:
+        expect(page.get_by_role("button", name=button)).to_be_visible()
+    for radio in ["fetch + SSE", "EventSource", "raw text"]:
+        expect(
+            page.get_by_role("radio", name=re.compile(re.escape(radio)))
+        ).to_be_visible()
+    # Every control a user can reach has a name a screen reader can say.
+    unnamed = page.locator("input, textarea, button").evaluate_all(
+        "els => els.filter(el => !el.labels?.length && !el.textContent.trim()).length"
+    )
+    assert unnamed == 0
+    expect(page.locator("#conversation")).to_have_attribute("aria-live", "polite")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.close()
+    assert chat.console_errors == []
