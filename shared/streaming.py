@@ -16,6 +16,13 @@ Deliberate choices a reader might want to "fix":
 - The upstream is read by a helper thread (a greenlet under gevent) feeding a small
   bounded queue: the response thread can then write keep-alives during silence and
   notice a client that left, while backpressure still reaches the upstream.
+- The fast input is raw SSE bytes (the apps read them through the SDK's
+  ``with_streaming_response``): a lean parser and one ``json.loads`` per event cost a
+  small fraction of the pydantic object the SDK builds per chunk. Whatever the
+  reader has queued goes out in one write.
+- After ``[DONE]`` the rest of the HTTP body is read (normally just its end): only a
+  response read to its end returns its connection to the pool, so the next request
+  skips the TCP and TLS handshakes.
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
   that a client never mistakes a failure for a short answer.
@@ -23,6 +30,7 @@ Deliberate choices a reader might want to "fix":
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import re
@@ -31,7 +39,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, TypedDict, Unpack
 
 __all__ = [
     "Callbacks",
@@ -69,10 +77,12 @@ _KEY_LIKE = re.compile(
 )
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
-_QUEUE_SIZE = 8  # upstream reads buffered per stream before the upstream is paused
+_QUEUE_SIZE = 32  # upstream reads buffered per stream before the upstream is paused
 _READER_JOIN_SECONDS = 1.0
+# After [DONE], how long and how many reads to wait for the end of the HTTP body.
+_DRAIN_SECONDS = 0.1
+_DRAIN_READS = 16
 
-T = TypeVar("T")
 Usage = dict[str, int]
 Batch = list[str | Usage]  # what one upstream read gave: text deltas and usage
 
@@ -103,14 +113,20 @@ class UpstreamFailed(Exception):
     """The upstream failed after the first byte; raised to cut a raw text body off."""
 
 
-def open_upstream(create: Callable[[], T]) -> T:
-    """Call ``create`` (e.g. ``client.chat.completions.create(..., stream=True)``).
+def open_upstream(create: Callable[[], Any]) -> Any:
+    """Call ``create`` and map the openai SDK's errors to a :class:`StreamError`.
 
-    Maps the openai SDK's errors to a :class:`StreamError` carrying the contract's
-    status, so the view can answer before the first byte.
+    ``create`` is e.g. ``lambda: client.chat.completions.with_streaming_response
+    .create(..., stream=True)`` (the fast path: raw bytes, whose context manager is
+    entered here, sending the request) or ``client.chat.completions.create(...,
+    stream=True)`` (SDK objects). The error carries the contract's status, so the
+    view can still answer with it before the first byte.
     """
     try:
-        return create()
+        upstream = create()
+        if not hasattr(upstream, "__iter__") and hasattr(upstream, "__enter__"):
+            upstream = upstream.__enter__()  # the SDK's ResponseContextManager
+        return upstream
     except Exception as exc:
         raise _as_stream_error(exc) from exc
 
@@ -141,6 +157,16 @@ def _as_stream_error(exc: BaseException) -> StreamError:
         return StreamError(502, f"The upstream answered {status}.", "upstream_error")
     if isinstance(exc, openai.APIError):
         return StreamError(502, _redact(exc.message), "upstream_error")
+    # Raised while reading raw bytes (``with_streaming_response``), where the SDK
+    # no longer wraps them in its own exceptions.
+    import httpx2  # the openai SDK's HTTP client
+
+    if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+        return StreamError(504, "The upstream timed out.", "upstream_timeout")
+    if isinstance(exc, (httpx2.TransportError, OSError)):
+        return StreamError(
+            502, "The connection to the upstream failed.", "upstream_connection_error"
+        )
     return StreamError(502, "The upstream failed.", "upstream_error")
 
 
@@ -256,7 +282,8 @@ def _without_bom(reads: Iterable[bytes]) -> Iterator[bytes]:
         if first:
             yield first.removeprefix(b"\xef\xbb\xbf")
             break
-    yield from iterator
+    for read in iterator:  # noqa: UP028 (not `yield from`: see _prepend)
+        yield read
 
 
 def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
@@ -293,8 +320,14 @@ def _json_chunk(payload: str) -> Any:
 
 
 def _prepend(first: bytes, rest: Iterator[Any]) -> Iterator[bytes]:
+    """``first``, then ``rest``, leaving ``rest`` open when this one is closed.
+
+    ``yield from`` would close ``rest`` (the upstream's byte iterator) along with
+    this generator, and with it the response, before the reader drains it.
+    """
     yield first
-    yield from rest
+    for read in rest:  # noqa: UP028
+        yield read
 
 
 # --- Framing -----------------------------------------------------------------------
@@ -480,6 +513,7 @@ class _Relay:
         self._queue: queue.Queue[object] = queue.Queue(_QUEUE_SIZE)
         self._stop = threading.Event()
         self._client_gone = threading.Event()
+        self._ended = threading.Event()  # the upstream sent its end marker
         self._gevent = _gevent_active()
         self._helpers: list[Any] = []
         self._started = False
@@ -539,6 +573,17 @@ class _Relay:
                     self._callbacks.on_error(item)
                 raise item
             batch: Batch = item  # type: ignore[assignment]
+            # Take whatever else the reader has queued too, without waiting: under
+            # load, one write then carries many events instead of one each.
+            while self._first is None:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, list):
+                    batch = batch + more
+                else:
+                    self._first = more  # the end, or an error: next round
             self._callbacks.batch(batch)
             yield batch
 
@@ -553,7 +598,7 @@ class _Relay:
             self._helpers.append(thread)
 
     def _read(self) -> None:
-        reads = (
+        reads = iter(
             self._chunks.iter_bytes()
             if hasattr(self._chunks, "iter_bytes")
             else self._chunks
@@ -563,6 +608,12 @@ class _Relay:
                 if not self._put(batch):
                     return
             self._put(_END)
+            self._ended.set()
+            # What follows [DONE] is normally just the end of the HTTP body: read to
+            # it, the response returns its connection to the pool for the next
+            # request; closed before it, the connection is thrown away.
+            for _ in itertools.islice(reads, _DRAIN_READS):
+                pass
         except Exception as exc:
             if not self._stop.is_set():
                 self._put(exc)
@@ -598,7 +649,8 @@ class _Relay:
             if not peeked:  # end of file: the client is gone
                 self._client_gone.set()
                 self._stop.set()
-                _shutdown(self._chunks)
+                if not self._ended.is_set():  # else the connection may be pooled
+                    _shutdown(self._chunks)
                 try:
                     self._queue.put_nowait(_GONE)  # wakes a writer waiting for data
                 except queue.Full:
@@ -611,12 +663,18 @@ class _Relay:
         if not self._started:
             _close(self._chunks)  # opened by the view, never read
             return
+        if not self._helpers:
+            return  # closed already
+        reader = self._helpers[0]
+        if self._ended.is_set():  # a moment to read to the end of the body
+            reader.join(_DRAIN_SECONDS)
         if self._gevent:
             import gevent
 
             gevent.killall(self._helpers, block=True, timeout=_READER_JOIN_SECONDS)
         else:
-            _shutdown(self._chunks)
+            if reader.is_alive():  # blocked on the upstream: wake it
+                _shutdown(self._chunks)
             for thread in self._helpers:
                 thread.join(_READER_JOIN_SECONDS)
         self._helpers.clear()

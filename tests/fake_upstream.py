@@ -298,6 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        # Each step goes out at once, as from a real API server; with Nagle, a step
+        # would wait for the client's (delayed) ACK of the one before.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.request, ssl.SSLSocket):  # here, not in the accept loop
             self.request.settimeout(10.0)
             self.request.do_handshake()

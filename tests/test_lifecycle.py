@@ -17,7 +17,16 @@ import pytest
 
 from tests.client import get_chat, parse_sse, post_json, texts
 from tests.conftest import KEEPALIVE_SECONDS, ServerPool
-from tests.fake_upstream import Abort, Done, FakeUpstream, Forever, Script, Sleep, Text
+from tests.fake_upstream import (
+    Abort,
+    Done,
+    FakeUpstream,
+    Forever,
+    Script,
+    Sleep,
+    Text,
+    Usage,
+)
 from tests.servers import (
     DJANGO_GUNICORN,
     FLASK_GUNICORN,
@@ -148,6 +157,29 @@ def test_finished_failed_and_cancelled_streams_leave_nothing_behind(
     )
     assert _settle(lambda: _fd_count(pid), fds + 1) <= fds + 1
     assert _settle(lambda: _thread_count(pid), threads) <= threads
+
+
+SEQUENTIAL_REQUESTS = 100
+MAX_NEW_UPSTREAM_CONNECTIONS = 3
+
+
+@pytest.mark.parametrize("path", ["/completionChat", "/api/stream"])
+def test_sequential_streams_reuse_upstream_connections(
+    server: Server, fake: FakeUpstream, path: str
+) -> None:
+    """A finished stream hands its connection back: no TCP+TLS handshake per answer."""
+    script = fake.script(Text("pooled"), Usage(1, 1), Done())
+    get_chat(server, f"warm {script.marker}", path)  # the pool's first connection
+    opened_before = fake.connections_total
+    for _ in range(SEQUENTIAL_REQUESTS):
+        if path == "/api/stream":
+            response = post_json(server, path, {"message": f"r {script.marker}"})
+            assert response[:1] + response[2:] == (200, b"pooled")
+        else:
+            response = get_chat(server, f"r {script.marker}", path)
+            assert response[0] == 200 and texts(parse_sse(response[2])) == ["pooled"]
+    opened = fake.connections_total - opened_before
+    assert opened <= MAX_NEW_UPSTREAM_CONNECTIONS
 
 
 @pytest.mark.parametrize(

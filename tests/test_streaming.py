@@ -227,6 +227,19 @@ def sdk_responses_stream(stack: ExitStack) -> object:
     return open_upstream(lambda: create(model="m", input="hi", stream=True))
 
 
+def sdk_raw_chat_stream(stack: ExitStack) -> object:
+    """The apps' fast path: the SDK sends the request, the core reads raw bytes."""
+    client = sdk_client(stack, sse_answer(raw_chat()))
+    create = client.chat.completions.with_streaming_response.create
+    return open_upstream(lambda: create(model="m", messages=[], stream=True))
+
+
+def sdk_raw_responses_stream(stack: ExitStack) -> object:
+    client = sdk_client(stack, sse_answer(sse_bytes(*responses_dicts())))
+    create = client.responses.with_streaming_response.create
+    return open_upstream(lambda: create(model="m", input="hi", stream=True))
+
+
 def httpx_response(stack: ExitStack) -> httpx.Response:
     body = raw_chat("\r\n")
 
@@ -331,6 +344,8 @@ UPSTREAMS: dict[str, Callable[[ExitStack], Any]] = {
     "httpx-response": httpx_response,
     "openai-sdk-chat-stream": sdk_chat_stream,
     "openai-sdk-responses-stream": sdk_responses_stream,
+    "openai-sdk-raw-chat": sdk_raw_chat_stream,
+    "openai-sdk-raw-responses": sdk_raw_responses_stream,
 }
 
 
@@ -766,6 +781,17 @@ MAPPINGS = [  # what create() raises, and the StreamError's (status, type, messa
         RuntimeError(SECRET), (502, *failed("The upstream failed.")), id="other"
     ),
     pytest.param(UpstreamFailed("Cut off"), (502, *failed("Cut off")), id="failed"),
+    # Raised by httpx2 itself while the core reads raw bytes, unwrapped by the SDK.
+    pytest.param(
+        httpx2.ReadTimeout("timed out", request=REQUEST),
+        (504, *TIMED_OUT),
+        id="read-timeout",
+    ),
+    pytest.param(
+        httpx2.RemoteProtocolError("peer closed", request=REQUEST),
+        (502, *NO_CONNECTION),
+        id="protocol-error",
+    ),
 ]
 
 
@@ -903,6 +929,18 @@ def test_closing_the_body_closes_the_upstream(
     close(body)  # a second close is harmless
 
 
+@pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
+def test_what_follows_done_is_read_before_the_upstream_is_closed(
+    stream: Callable[..., Iterable[bytes]],
+) -> None:
+    """An HTTP response read to its end returns its connection to the pool."""
+    upstream = RawUpstream([raw_chat(), b"\r\n", b""])
+    body = stream(upstream)
+    b"".join(body)
+    close(body)
+    assert upstream.closed.is_set() and upstream.reads == 3
+
+
 def test_closing_the_body_closes_a_generator_upstream() -> None:
     finished = threading.Event()
 
@@ -926,7 +964,7 @@ def test_a_slow_client_pauses_the_upstream() -> None:
     upstream = Upstream(endless())
     body = sse_frames(upstream)
     time.sleep(0.2)
-    assert upstream.reads < 16, "the upstream should wait for the client to catch up"
+    assert upstream.reads <= streaming._QUEUE_SIZE + 2, "it should wait for the client"
     close(body)
 
 
