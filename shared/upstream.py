@@ -21,6 +21,7 @@ import openai
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
 from shared.streaming import open_upstream
+from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Upstream:
             base_url=settings.base_url,
             # Connecting and each read wait at most this long; a stream may run longer.
             timeout=settings.upstream_timeout_seconds,
+            http_client=openai.DefaultHttpxClient(transport=LeanTransport()),
         )
 
     def chat(self, messages: Messages) -> Iterable[Any]:

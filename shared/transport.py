@@ -1,0 +1,307 @@
+"""A lean HTTP/1.1 transport for the openai client: pooled, and reading in bulk.
+
+Why not httpx's own: it hands a streamed body over one HTTP chunk at a time, and an
+OpenAI-compatible server sends every SSE event as a chunk of its own, so each event
+pays for a pass through httpcore and h11. Here a body yields what one socket read
+delivered, however many chunks that was, so a relay's work per read is shared by
+every event in it. Its pool also costs the same whatever the number of open
+streams (httpcore scans every connection on each request and each close).
+
+It sits under the SDK (``httpx2.Client(transport=...)``), so the SDK still builds
+the URL, authenticates, retries and maps errors. It speaks only what an OpenAI
+request needs: HTTP/1.1 over TCP or TLS, request bodies in memory, responses with a
+chunked, sized or close-delimited body. Proxies configured in the environment are
+still served by httpx's own transports.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+
+READ_SIZE = 65536
+MAX_HEAD_BYTES = 65536
+IDLE_SECONDS = 5.0  # an idle connection older than this is closed, not reused
+MAX_IDLE_PER_ORIGIN = 100
+
+Origin = tuple[str, str, int]
+
+
+class LeanTransport(httpx2.BaseTransport):
+    """``handle_request`` for ``httpx2.Client``: one request on a pooled connection."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context
+        self._idle: dict[Origin, list[tuple[float, _Connection]]] = {}
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"Unsupported URL scheme {url.scheme!r}")
+        origin = (
+            url.scheme,
+            url.host,
+            url.port or (443 if url.scheme == "https" else 80),
+        )
+        timeouts = request.extensions.get("timeout", {})
+        head = _request_head(request)
+        body = request.read()
+        while True:
+            reused = self._checkout(origin)
+            connection = reused or self._connect(origin, timeouts)
+            try:
+                connection.send(head + body, timeouts.get("write"))
+                status, headers = connection.read_head(timeouts.get("read"))
+                break
+            except (httpx2.RemoteProtocolError, httpx2.ReadError):
+                connection.close()
+                if reused is None:
+                    raise
+                # The server closed the idle connection meanwhile: use a new one.
+            except BaseException:
+                connection.close()
+                raise
+        no_body = request.method == "HEAD" or status in (204, 304)
+        read_timeout = timeouts.get("read")
+        stream = _Body(connection, headers, no_body, read_timeout, self, origin)
+        return httpx2.Response(
+            status,
+            headers=headers,
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1", "network_stream": connection},
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for _, connection in connections:
+                connection.close()
+
+    def _checkout(self, origin: Origin) -> _Connection | None:
+        """An idle connection to ``origin`` that is still usable, if there is one."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if not idle:
+                    return None
+                since, connection = idle.pop()
+            if time.monotonic() - since < IDLE_SECONDS and connection.is_usable():
+                return connection
+            connection.close()
+
+    def _checkin(self, origin: Origin, connection: _Connection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if len(idle) < MAX_IDLE_PER_ORIGIN:
+                idle.append((time.monotonic(), connection))
+                return
+        connection.close()
+
+    def _connect(self, origin: Origin, timeouts: dict[str, Any]) -> _Connection:
+        scheme, host, port = origin
+        try:
+            sock = socket.create_connection((host, port), timeouts.get("connect"))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                if self._ssl_context is None:  # made here, after gevent's patching
+                    self._ssl_context = httpx2.create_ssl_context()
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
+        except TimeoutError as exc:
+            raise httpx2.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpx2.ConnectError(str(exc)) from exc
+        return _Connection(sock)
+
+
+def _chunk_size(line: bytes) -> int:
+    try:
+        return int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        raise httpx2.RemoteProtocolError("Bad chunk size line") from None
+
+
+def _request_head(request: httpx2.Request) -> bytes:
+    target = request.url.raw_path
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), target)]
+    lines += [b"%s: %s" % (name, value) for name, value in request.headers.raw]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Connection:
+    """A socket with its unread bytes; also the response's ``network_stream``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    def is_usable(self) -> bool:
+        """Idle and unread: readable now would mean closed (or garbage) by the peer."""
+        poller = select.poll()  # not select(): descriptors go past 1024 under load
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)
+
+    def send(self, data: bytes, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError as exc:
+            raise httpx2.WriteTimeout(str(exc)) from exc
+        except OSError as exc:  # e.g. reset: the pooled connection had gone stale
+            raise httpx2.RemoteProtocolError(str(exc)) from exc
+
+    def recv(self, timeout: float | None) -> bytes:
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(READ_SIZE)
+        except TimeoutError as exc:
+            raise httpx2.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpx2.ReadError(str(exc)) from exc
+
+    def read_head(self, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The status and headers of the response (1xx answers skipped)."""
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            while end < 0:
+                if len(self.buffer) > MAX_HEAD_BYTES:
+                    raise httpx2.RemoteProtocolError("Response head too large")
+                data = self.recv(timeout)
+                if not data:
+                    raise httpx2.RemoteProtocolError("Server disconnected")
+                self.buffer += data
+                end = self.buffer.find(b"\r\n\r\n")
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+            status_line, *header_lines = head.split(b"\r\n")
+            parts = status_line.split(b" ", 2)
+            if (
+                len(parts) < 2
+                or not parts[0].startswith(b"HTTP/1.")
+                or not parts[1].isdigit()
+            ):
+                raise httpx2.RemoteProtocolError(
+                    f"Bad status line {status_line[:80]!r}"
+                )
+            status = int(parts[1])
+            if 100 <= status < 200:
+                continue
+            headers = []
+            for line in header_lines:
+                name, colon, value = line.partition(b":")
+                if not colon:
+                    raise httpx2.RemoteProtocolError("Bad header line")
+                headers.append((name.strip(), value.strip()))
+            return status, headers
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _Body(httpx2.SyncByteStream):
+    """The response body, one item per socket read; the connection goes back to the
+    pool when the body was read to its end, and is closed otherwise."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        headers: list[tuple[bytes, bytes]],
+        no_body: bool,
+        timeout: float | None,
+        pool: LeanTransport,
+        origin: Origin,
+    ) -> None:
+        fields = {name.lower(): value.lower() for name, value in headers}
+        self._connection: _Connection | None = connection
+        self._timeout = timeout
+        self._pool, self._origin = pool, origin
+        self._keep_alive = b"close" not in fields.get(b"connection", b"")
+        self._chunked = b"chunked" in fields.get(b"transfer-encoding", b"")
+        length = fields.get(b"content-length")
+        self._length = (
+            0 if no_body else int(length) if length and length.isdigit() else None
+        )
+        if not self._chunked and self._length is None:
+            self._keep_alive = False  # the body ends when the connection does
+
+    def __iter__(self) -> Iterator[bytes]:
+        connection = self._connection
+        if connection is None:
+            return
+        if self._chunked:
+            yield from self._chunks(connection)
+        else:
+            yield from self._sized(connection)
+        self._connection = None
+        if self._keep_alive:
+            self._pool._checkin(self._origin, connection)
+        else:
+            connection.close()
+
+    def _sized(self, connection: _Connection) -> Iterator[bytes]:
+        left = self._length
+        data, connection.buffer = connection.buffer, b""
+        while True:
+            if left is not None:
+                data, extra = data[:left], data[left:]
+                if extra:
+                    raise httpx2.RemoteProtocolError("More data than Content-Length")
+                left -= len(data)
+            if data:
+                yield data
+            if left == 0:
+                return
+            data = connection.recv(self._timeout)
+            if not data:
+                if left is None:
+                    return
+                raise httpx2.RemoteProtocolError("Server disconnected mid-body")
+
+    def _chunks(self, connection: _Connection) -> Iterator[bytes]:
+        """Decode chunked framing; yield the data of every chunk a read completed."""
+        buffer, connection.buffer = connection.buffer, b""
+        pos = 0  # where the next chunk starts in ``buffer``
+        while True:
+            out: list[bytes] = []
+            while (line_end := buffer.find(b"\r\n", pos)) >= 0:
+                size = _chunk_size(buffer[pos:line_end])
+                if size == 0:  # the last chunk, then trailers up to a blank line
+                    trailer_end = buffer.find(b"\r\n\r\n", line_end)
+                    if trailer_end < 0:
+                        break
+                    if out:
+                        yield b"".join(out)
+                    connection.buffer = buffer[trailer_end + 4 :]
+                    return
+                start = line_end + 2
+                end = start + size
+                if len(buffer) < end + 2:
+                    break  # the rest of this chunk is still on its way
+                if buffer[end : end + 2] != b"\r\n":
+                    raise httpx2.RemoteProtocolError("Malformed chunk")
+                out.append(buffer[start:end])
+                pos = end + 2
+            if out:
+                yield b"".join(out)
+            data = connection.recv(self._timeout)
+            if not data:
+                raise httpx2.RemoteProtocolError("Server disconnected mid-body")
+            buffer, pos = buffer[pos:] + data, 0
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:  # not read to its end: unusable for another request
+            connection.close()
