@@ -5,9 +5,12 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+BENCH_STAMP := $(VENV)/.installed-bench
+EXPRESS := bench/express
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-django dev-flask dev-django test check screenshot
+.PHONY: help install run run-django dev-flask dev-django test check screenshot bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,3 +51,15 @@ check: $(STAMP) ## Lint, format check and type check
 
 screenshot: $(STAMP) $(CHROMIUM) ## Retake docs/screenshot.png: the demo page mid-stream
 	$(BIN)/python docs/screenshot.py
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+$(EXPRESS)/node_modules: $(EXPRESS)/package.json
+	cd $(EXPRESS) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+		else npm install --no-audit --no-fund; fi
+	touch $@
+
+bench: $(STAMP) $(BENCH_STAMP) $(EXPRESS)/node_modules ## Compare CPU, latency and memory with other servers (BENCH_ARGS=--quick)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,178 @@
+"""The servers ``make bench`` compares, and how each is started.
+
+Our two apps run exactly as the README says (the repo's ``gunicorn.conf.py``, one
+worker). The baselines run as their users would run them. The naive Flask app and
+FastAPI start from ``bench/``, where gunicorn finds no ``gunicorn.conf.py`` to
+apply (it reads ``./gunicorn.conf.py`` by default, which patches with gevent).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+API_KEY = "sk-bench"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the fake OpenAI listens, and its process."""
+
+    port: int
+    tls_port: int
+    ca_file: Path
+    pid: int
+
+    def port_for(self, tls: bool) -> int:
+        return self.tls_port if tls else self.port
+
+    def accepted(self, tls: bool) -> int:
+        """Connections accepted so far on one listener (its ``GET /stats``)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/stats")
+            counts = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        return int(counts["tls" if tls else "plain"])
+
+    def base_url(self, tls: bool) -> str:
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port_for(tls)}/v1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server to measure; ``command`` is ``None`` for ``direct`` (no server)."""
+
+    name: str
+    role: Literal["ours", "baseline", "floor"]
+    about: str
+    command: tuple[str, ...] | None = None  # {port} and {upstream_port} filled in
+    cwd: Path = ROOT
+    # "sse": the browser route of an app; "openai": the upstream's own request.
+    api: Literal["sse", "openai"] = "sse"
+    one_at_a_time: bool = False  # a sync worker: streams queue behind each other
+
+    def argv(self, port: int, upstream_port: int) -> list[str]:
+        assert self.command is not None
+        return [
+            part.format(port=port, upstream_port=upstream_port) for part in self.command
+        ]
+
+    def env(self, upstream: Upstream, tls: bool) -> dict[str, str]:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("OPENAI_")
+            and name not in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+        }
+        env.update(
+            OPENAI_API_KEY=API_KEY,
+            OPENAI_BASE_URL=upstream.base_url(tls),
+            STREAM_KEEPALIVE_SECONDS="15",
+            PYTHONUNBUFFERED="1",
+        )
+        if tls:
+            env["SSL_CERT_FILE"] = env["NODE_EXTRA_CA_CERTS"] = str(upstream.ca_file)
+        return env
+
+
+def _ours(app: str) -> tuple[str, ...]:
+    return (
+        str(BIN / "gunicorn"),
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        "127.0.0.1:{port}",
+        "--workers",
+        "1",
+        app,
+    )
+
+
+def _gunicorn(*options: str) -> tuple[str, ...]:
+    gunicorn = (str(BIN / "gunicorn"), "-w", "1", "-b", "127.0.0.1:{port}")
+    return (*gunicorn, *options, "naive_flask:app")
+
+
+TARGETS = (
+    Target(
+        "flask-gevent",
+        "ours",
+        "this repo's Flask app, gunicorn + gevent, 1 worker",
+        _ours("flask_app:create_app()"),
+    ),
+    Target(
+        "django-gevent",
+        "ours",
+        "this repo's Django project, gunicorn + gevent, 1 worker",
+        _ours("django_project.wsgi"),
+    ),
+    Target(
+        "naive-gevent",
+        "baseline",
+        "blog-post Flask view (bench/naive_flask.py), gunicorn -k gevent, 1 worker",
+        _gunicorn("-k", "gevent", "--worker-connections", "2000"),
+        cwd=BENCH,
+    ),
+    Target(
+        "naive-sync",
+        "baseline",
+        "blog-post Flask view, gunicorn's default sync worker, 1 worker",
+        _gunicorn("--timeout", "600"),
+        cwd=BENCH,
+        one_at_a_time=True,
+    ),
+    Target(
+        "fastapi-sse-starlette",
+        "baseline",
+        "FastAPI + sse-starlette + AsyncOpenAI (bench/fastapi_app.py), uvicorn",
+        (
+            str(BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "fastapi_app:app",
+        ),
+        cwd=BENCH,
+    ),
+    Target(
+        "express",
+        "baseline",
+        "Express 5 + openai npm SDK (bench/express/server.js), node",
+        (shutil.which("node") or "node", "server.js", "{port}"),
+        cwd=BENCH / "express",
+    ),
+    Target(
+        "relay",
+        "floor",
+        "bare TCP relay in Python (bench/relay.py): the CPU floor",
+        (
+            sys.executable,
+            "-m",
+            "bench.relay",
+            "--port",
+            "{port}",
+            "--upstream-port",
+            "{upstream_port}",
+        ),
+        api="openai",
+    ),
+    Target(
+        "direct",
+        "floor",
+        "the client straight to the fake upstream: the latency floor",
+        api="openai",
+    ),
+)
