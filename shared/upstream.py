@@ -48,7 +48,13 @@ class Upstream:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._make_client()
+                    client = self._make_client()
+                    # The SDK's platform headers are cached after the first request
+                    # computes them, which runs `uname -p` in a subprocess. Under
+                    # gevent every request of the first burst misses that cache and
+                    # forks its own: a thousand forks stall a worker for seconds.
+                    client.platform_headers()
+                    self._client = client
         return self._client
 
     def _make_client(self) -> openai.OpenAI:

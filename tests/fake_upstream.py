@@ -427,8 +427,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _wait(self, rec: RecordedRequest, seconds: float) -> bool:
         """Stay silent for ``seconds``; False if the client left or we are closing."""
         deadline = time.monotonic() + seconds
+        # Long slices: a thousand streams' threads polling every few ms would starve
+        # the test process. ``close()`` shuts the sockets down, which wakes the poll.
         while (left := deadline - time.monotonic()) > 0:
-            if self.server.fake._stopping.is_set() or self._hung_up(min(left, 0.05)):
+            if self.server.fake._stopping.is_set() or self._hung_up(min(left, 1.0)):
                 return self._gone(rec)
         return True
 
