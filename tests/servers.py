@@ -158,8 +158,8 @@ class Server:
         conn = self.connection(timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
+            with conn.getresponse() as response:  # closed even if the body is cut off
+                return response.status, response.headers, response.read()
         finally:
             conn.close()
 
