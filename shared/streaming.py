@@ -581,7 +581,7 @@ class _Relay:
                 except queue.Empty:
                     break
                 if isinstance(more, list):
-                    batch = batch + more
+                    batch.extend(more)  # each read's batch is a list of its own
                 else:
                     self._first = more  # the end, or an error: next round
             self._callbacks.batch(batch)

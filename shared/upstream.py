@@ -110,8 +110,7 @@ def _raw_stream(create: Callable[..., Any], **params: Any) -> Iterable[Any]:
     chunk: ``shared.streaming`` parses the bytes itself, at a small fraction of the
     CPU. The result has ``iter_bytes()`` and ``close()``, as the core expects.
     """
-    response: Iterable[Any] = open_upstream(lambda: create(**params))
-    return response
+    return open_upstream(lambda: create(**params))  # type: ignore[no-any-return]
 
 
 def _without_credentials(base_url: str | None) -> str:

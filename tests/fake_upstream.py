@@ -568,6 +568,19 @@ class FakeUpstream:
             self._scripts.append(script)
         return script
 
+    def rate_limited(self, retry_after: str = "7") -> Script:
+        """OpenAI's 429, with ``Retry-After`` for our client to pass on.
+
+        ``retry-after-ms`` keeps the SDK's own retries (inside the server) quick.
+        """
+        error = {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+        }
+        headers = {"Retry-After": retry_after, "retry-after-ms": "5"}
+        return self.script(status=429, headers=headers, body={"error": error})
+
     def wait_open_connections(self, count: int, timeout: float = 5.0) -> None:
         """Wait until ``count`` connections are open (closes are seen async)."""
         with self._cond:

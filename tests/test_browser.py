@@ -278,12 +278,7 @@ def test_upstream_error_mid_stream_is_shown(
 def test_upstream_429_is_shown_with_retry_after(
     chat: ChatPage, upstream: FakeUpstream
 ) -> None:
-    # retry-after-ms keeps the server's SDK retries quick; Retry-After is for the user.
-    script = upstream.script(
-        status=429,
-        headers={"Retry-After": "7", "retry-after-ms": "5"},
-        body={"error": {"message": "Rate limit reached", "type": "requests"}},
-    )
+    script = upstream.rate_limited(retry_after="7")
     chat.send(f"Too much {script.marker}")
     expect(chat.status).to_contain_text("Error: 429", timeout=WAIT_MS)
     expect(chat.status).to_contain_text("Retry after 7 s.")

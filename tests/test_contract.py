@@ -340,18 +340,7 @@ def test_upstream_400_is_passed_on_with_its_message(
 def test_upstream_429_is_passed_on_with_retry_after(
     server: Server, fake: FakeUpstream
 ) -> None:
-    # retry-after-ms keeps the SDK's own retries quick; Retry-After is for the client.
-    script = fake.script(
-        status=429,
-        headers={"Retry-After": "7", "retry-after-ms": "5"},
-        body={
-            "error": {
-                "message": "Rate limit reached",
-                "type": "requests",
-                "code": "rate_limit_exceeded",
-            }
-        },
-    )
+    script = fake.rate_limited(retry_after="7")
     response = get_chat(server, f"busy {script.marker}")
     assert response[0] == 429
     assert response[1]["Retry-After"] == "7"

@@ -16,11 +16,7 @@ DEV_SERVER_HEADERS = SERVER_HEADERS | {"connection", "transfer-encoding"}
 
 def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str, str]]]:
     script = fake.script(Text("Hi\nthere"), Text("[DONE]"), Usage(2, 3), Done())
-    limited = fake.script(
-        status=429,
-        headers={"Retry-After": "3", "retry-after-ms": "5"},
-        body={"error": {"message": "slow down", "type": "requests"}},
-    )
+    limited = fake.rate_limited(retry_after="3")
     json_type = {"Content-Type": "application/json"}
     return [
         ("GET", "/", None, {}),
