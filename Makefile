@@ -5,6 +5,7 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+REDIS := /usr/bin/redis-server
 BENCH_STAMP := $(VENV)/.installed-bench
 EXPRESS := bench/express
 BENCH_ARGS ?=
@@ -28,6 +29,11 @@ $(CHROMIUM):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
+# The rate limit's Redis mode is tested against a real Redis, started by the tests.
+$(REDIS):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+
 run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
 
@@ -41,7 +47,7 @@ dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
 dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-test: $(STAMP) $(CHROMIUM) ## Run the whole test suite (starts every server mode once)
+test: $(STAMP) $(CHROMIUM) $(REDIS) ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) ## Lint, format check and type check

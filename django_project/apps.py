@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.utils.module_loading import import_string
 
+from shared.guard import Guard
 from shared.upstream import Upstream
 
 
 class StreamConfig(AppConfig):
     name = "django_project"
     upstream: Upstream
+    guard: Guard
 
     def ready(self) -> None:
         # At start, not on the first request: the server says which upstream answers.
         StreamConfig.upstream = Upstream(settings.STREAM_SETTINGS)
+        authorize = settings.STREAM_AUTHORIZE
+        if isinstance(authorize, str):  # a dotted path, e.g. from the environment
+            authorize = import_string(authorize)
+        StreamConfig.guard = Guard(settings.STREAM_SETTINGS, authorize)

@@ -17,11 +17,17 @@ from shared.config import Settings
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 STREAM_SETTINGS = Settings.from_env()
+# Who may use the streaming routes, beyond the shared rules: None (anyone), or a
+# function of the request (or its dotted path), False refusing with 401. E.g.
+# "django_project.access.signed_in", Django's login_required for an API route.
+STREAM_AUTHORIZE = os.environ.get("DJANGO_STREAM_AUTHORIZE") or None
 
 # Set DJANGO_SECRET_KEY in production: a random key per process signs nothing that
 # outlives it, and differs between gunicorn workers (admin logins would not stick).
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or get_random_secret_key()
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
+# Error pages and reports hide the key, in debug too (see django_project/debug.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "django_project.debug.KeyHidingFilter"
 ALLOWED_HOSTS = os.environ.get(
     "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"
 ).split(",")

@@ -14,9 +14,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_variables
 
 from django_project.apps import StreamConfig
-from shared.guard import admit, cors_headers
+from shared.guard import Guard, cors_headers
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -26,7 +27,12 @@ from shared.streaming import (
     text_stream,
 )
 from shared.upstream import Upstream
-from shared.validation import json_body, messages_from_json, prompt_from_query
+from shared.validation import (
+    json_body,
+    messages_from_json,
+    prompt_from_query,
+    read_body,
+)
 
 View = Callable[..., HttpResponseBase]  # URL parameters come as keyword arguments
 
@@ -35,8 +41,15 @@ def _upstream() -> Upstream:
     return StreamConfig.upstream
 
 
-def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
+def _guard() -> Guard:
+    return StreamConfig.guard
+
+
+def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
     """Answer ``method`` only; errors become the contract's JSON.
+
+    A ``streaming`` route spends the key, so ``shared.guard``'s rules apply to it
+    (same site, token or ``STREAM_AUTHORIZE``, rate and size limits).
 
     Django's CSRF token check is waived: these routes take only JSON bodies and
     refuse cross-site requests (``shared.guard``), which is their CSRF defence, so
@@ -45,17 +58,20 @@ def route(method: str, *, same_site: bool = True) -> Callable[[View], View]:
 
     def decorator(view: View) -> View:
         @csrf_exempt
+        @sensitive_variables()  # no local below a view shows on an error page
         @functools.wraps(view)
         def guarded(request: HttpRequest, **url_args: str) -> HttpResponseBase:
-            origins = settings.STREAM_SETTINGS.cors_origins if same_site else ()
+            guard = _guard()
+            origins = guard.cors_origins(streaming)
             response: HttpResponseBase
             try:
-                preflight = admit(
+                preflight = guard.admit(
+                    request,
                     request.method or "",
                     request.headers,
+                    request.META.get("REMOTE_ADDR"),
                     method,
-                    origins,
-                    same_site=same_site,
+                    streaming=streaming,
                 )
                 if preflight is None:
                     response = view(request, **url_args)
@@ -92,24 +108,25 @@ def _sse(request: HttpRequest, chunks: Any) -> StreamingHttpResponse:
 
 
 def _json(request: HttpRequest) -> dict[str, Any]:
-    return json_body(request.body, request.META.get("CONTENT_TYPE"))
+    body = read_body(request.read, settings.STREAM_SETTINGS.max_body_bytes)
+    return json_body(body, request.META.get("CONTENT_TYPE"))
 
 
-@route("GET", same_site=False)
+@route("GET", streaming=False)
 def index(request: HttpRequest) -> HttpResponse:
     """The demo page."""
     body, headers = index_page()
     return HttpResponse(body, headers=headers)
 
 
-@route("GET", same_site=False)
+@route("GET", streaming=False)
 def page_asset(request: HttpRequest, name: str) -> HttpResponse:
     """The demo page's script and style."""
     body, headers = asset(name)
     return HttpResponse(body, headers=headers)
 
 
-@route("GET", same_site=False)
+@route("GET", streaming=False)
 def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness, and which upstream answers (the page shows it)."""
     return HttpResponse(

@@ -10,16 +10,24 @@ from flask import Flask, Response
 
 from flask_app.views import bp
 from shared.config import Settings
-from shared.guard import SECURITY_HEADERS
+from shared.guard import SECURITY_HEADERS, Authorize, Guard
 from shared.upstream import Upstream
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app; settings come from the environment unless ``config`` has them."""
+def create_app(
+    config: Mapping[str, Any] | None = None, *, authorize: Authorize | None = None
+) -> Flask:
+    """Build the app; settings come from the environment unless ``config`` has them.
+
+    ``authorize(request)`` may refuse a streaming request (401) before it spends the
+    key, e.g. ``lambda request: "user_id" in session`` or Flask-Login's
+    ``lambda request: current_user.is_authenticated``.
+    """
     app = Flask(__name__)
     settings = (config or {}).get("STREAM_SETTINGS") or Settings.from_env()
     app.config["STREAM_SETTINGS"] = settings
     app.extensions["upstream"] = Upstream(settings)
+    app.extensions["stream_guard"] = Guard(settings, authorize)
     app.register_blueprint(bp)
     app.after_request(_add_security_headers)
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 
 from shared.config import Settings
-from shared.guard import admit, cors_headers
+from shared.guard import Guard, cors_headers
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -23,7 +23,12 @@ from shared.streaming import (
     text_stream,
 )
 from shared.upstream import Upstream
-from shared.validation import json_body, messages_from_json, prompt_from_query
+from shared.validation import (
+    json_body,
+    messages_from_json,
+    prompt_from_query,
+    read_body,
+)
 
 bp = Blueprint("stream", __name__)
 
@@ -31,24 +36,27 @@ ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 View = Callable[..., Response]  # URL parameters come as keyword arguments
 
 
-def route(path: str, method: str, *, same_site: bool = True) -> Callable[[View], View]:
+def route(path: str, method: str, *, streaming: bool = True) -> Callable[[View], View]:
     """Mount a view that answers ``method`` only; errors become the contract's JSON.
 
     Every method reaches the view so that a wrong one gets the same JSON 405 as in
-    the Django app; ``same_site`` applies the cross-site rule of ``shared.guard``.
+    the Django app; a ``streaming`` route spends the key, so ``shared.guard``'s
+    rules apply to it (same site, token or ``authorize``, rate and size limits).
     """
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
         def guarded(**url_args: str) -> Response:
-            origins = _settings().cors_origins if same_site else ()
+            guard = _guard()
+            origins = guard.cors_origins(streaming)
             try:
-                preflight = admit(
+                preflight = guard.admit(
+                    request._get_current_object(),  # type: ignore[attr-defined]
                     request.method,
                     request.headers,
+                    request.remote_addr,
                     method,
-                    origins,
-                    same_site=same_site,
+                    streaming=streaming,
                 )
                 if preflight is None:
                     response = view(**url_args)
@@ -77,6 +85,11 @@ def _settings() -> Settings:
     return settings
 
 
+def _guard() -> Guard:
+    guard: Guard = current_app.extensions["stream_guard"]
+    return guard
+
+
 def _upstream() -> Upstream:
     upstream: Upstream = current_app.extensions["upstream"]
     return upstream
@@ -99,24 +112,25 @@ def _client_socket() -> Any:
 
 
 def _json() -> dict[str, Any]:
-    return json_body(request.get_data(cache=False), request.content_type)
+    body = read_body(request.stream.read, _settings().max_body_bytes)
+    return json_body(body, request.content_type)
 
 
-@route("/", "GET", same_site=False)
+@route("/", "GET", streaming=False)
 def index() -> Response:
     """The demo page."""
     body, headers = index_page()
     return Response(body, headers=headers)
 
 
-@route("/assets/<name>", "GET", same_site=False)
+@route("/assets/<name>", "GET", streaming=False)
 def page_asset(name: str) -> Response:
     """The demo page's script and style."""
     body, headers = asset(name)
     return Response(body, headers=headers)
 
 
-@route("/healthz", "GET", same_site=False)
+@route("/healthz", "GET", streaming=False)
 def healthz() -> Response:
     """Liveness, and which upstream answers (the page shows it)."""
     return Response(

@@ -1,4 +1,4 @@
-"""Who may call a streaming route, with which method: the contract's access rules.
+"""Who may call a streaming route, how often, with what: the access rules.
 
 A browser on another site must not spend the key: a request it marks
 ``Sec-Fetch-Site: cross-site``, or whose ``Origin`` names another host, is refused
@@ -9,15 +9,27 @@ Clients that are not browsers send neither header and are served.
 
 The ``Origin`` is compared with the ``Host`` header by host and port only: behind a
 TLS-terminating proxy the app sees ``http`` while the browser says ``https``.
+
+Off by default, each opt-in: a bearer token (``STREAM_AUTH_TOKEN``) or any check of
+the app's own (``authorize``, e.g. "signed in"), a per-client rate limit
+(``STREAM_RATE_LIMIT``). The body size limit is always on: a body over it is refused
+from its ``Content-Length`` alone, before it is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Protocol
+import hmac
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from shared.config import Settings
+from shared.ratelimit import RateLimiter
 from shared.streaming import StreamError
+from shared.validation import body_too_large
+
+# The app's own check: given the framework's request, may it spend the key?
+Authorize = Callable[[Any], bool]
 
 # Sent on every response of both apps, so that they answer with the same headers.
 SECURITY_HEADERS = {
@@ -86,28 +98,82 @@ def preflight_headers(
     if cors and headers.get("Access-Control-Request-Method"):
         reply |= cors | {
             "Access-Control-Allow-Methods": ", ".join(allowed),
-            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Allow-Headers": "Content-Type, Authorization",
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_SECONDS),
         }
     return reply
 
 
-def admit(
-    method: str,
-    headers: Headers,
-    allowed: str,
-    cors_origins: Collection[str],
-    *,
-    same_site: bool = True,
-) -> dict[str, str] | None:
-    """Apply a route's rules before its view runs, the same way in both apps.
+def check_token(headers: Headers, token: str) -> None:
+    """Require ``Authorization: Bearer <token>``; refuse anything else with 401."""
+    scheme, _, given = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise _unauthorized("Send the server's token as 'Authorization: Bearer …'.")
 
-    Returns the headers of the ``204`` answer to ``OPTIONS``, or ``None`` when the
-    view may run; raises :class:`StreamError` (405, 403) to refuse the request.
+
+def check_body_size(headers: Headers, limit: int) -> None:
+    """Refuse a body whose ``Content-Length`` is over ``limit``, before reading it."""
+    length = headers.get("Content-Length")
+    if length and length.strip().isdigit() and int(length) > limit:
+        raise body_too_large(limit)
+
+
+def _unauthorized(message: str) -> StreamError:
+    return StreamError(
+        401, message, "unauthorized", {"WWW-Authenticate": 'Bearer realm="stream"'}
+    )
+
+
+class Guard:
+    """One app's access rules, applied the same way by the Flask and Django views.
+
+    It holds the rate limiter's counters, so an app makes one at start and keeps it.
     """
-    if method == "OPTIONS":
-        return preflight_headers(headers, [allowed], cors_origins)
-    check_method(method, [allowed])
-    if same_site:
-        check_site(headers, cors_origins)
-    return None
+
+    def __init__(self, settings: Settings, authorize: Authorize | None = None) -> None:
+        self.settings = settings
+        self._authorize = authorize
+        self._limiter = (
+            RateLimiter(settings.rate_limit, settings.redis_url)
+            if settings.rate_limit
+            else None
+        )
+
+    def cors_origins(self, streaming: bool) -> Collection[str]:
+        """Origins allowed to call from another site; none for the page's routes."""
+        return self.settings.cors_origins if streaming else ()
+
+    def admit(
+        self,
+        request: Any,
+        method: str,
+        headers: Headers,
+        client: str | None,
+        allowed: str,
+        *,
+        streaming: bool = True,
+    ) -> dict[str, str] | None:
+        """Apply a route's rules before its view runs.
+
+        ``request`` is the framework's, for ``authorize``; ``client`` the address
+        the rate limit counts by. Returns the headers of the ``204`` answer to
+        ``OPTIONS``, or ``None`` when the view may run; raises :class:`StreamError`
+        (405, 403, 401, 429, 413) to refuse the request. Only the streaming routes
+        spend the key: the page, its assets and ``/healthz`` are open to all.
+        """
+        if method == "OPTIONS":
+            return preflight_headers(headers, [allowed], self.cors_origins(streaming))
+        check_method(method, [allowed])
+        if not streaming:
+            return None
+        check_site(headers, self.settings.cors_origins)
+        if self.settings.auth_token is not None:
+            check_token(headers, self.settings.auth_token)
+        if self._authorize is not None and not self._authorize(request):
+            raise _unauthorized("Sign in to use this endpoint.")
+        if self._limiter is not None:
+            self._limiter.check(client or "unknown")
+        check_body_size(headers, self.settings.max_body_bytes)
+        return None

@@ -70,6 +70,9 @@ class Upstream:
             base_url=settings.base_url,
             # Connecting and each read wait at most this long; a stream may run longer.
             timeout=settings.upstream_timeout_seconds,
+            # Retries happen before the first byte only: the SDK retries a failed
+            # request, never a stream that has started.
+            max_retries=settings.upstream_max_retries,
             http_client=openai.DefaultHttpxClient(transport=LeanTransport()),
         )
 
@@ -82,6 +85,7 @@ class Upstream:
                 model=settings.model,
                 input=messages,
                 stream=True,
+                **self._output_cap("max_output_tokens"),
             )
         return _raw_stream(
             client.chat.completions.with_streaming_response.create,
@@ -89,6 +93,7 @@ class Upstream:
             messages=messages,
             stream=True,
             stream_options={"include_usage": True},
+            **self._output_cap("max_completion_tokens"),
         )
 
     def complete(self, prompt: str) -> Iterable[Any]:
@@ -99,7 +104,18 @@ class Upstream:
             prompt=prompt,
             stream=True,
             stream_options={"include_usage": True},
+            **self._output_cap("max_tokens"),
         )
+
+    def _output_cap(self, name: str) -> dict[str, int]:
+        """``STREAM_MAX_OUTPUT_TOKENS`` as each API names it: a cap on the bill.
+
+        Chat Completions call it ``max_completion_tokens`` (OpenAI's reasoning models
+        refuse the older ``max_tokens``), the Responses API ``max_output_tokens``,
+        and legacy completions ``max_tokens``.
+        """
+        cap = self.settings.max_output_tokens
+        return {} if cap is None else {name: cap}
 
 
 def _raw_stream(create: Callable[..., Any], **params: Any) -> Iterable[Any]:

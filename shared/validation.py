@@ -6,7 +6,7 @@ Both apps validate here so that the same bad request gets the same error bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.streaming import StreamError
@@ -19,6 +19,31 @@ Messages = list[dict[str, str]]
 def prompt_from_query(query: Mapping[str, str], max_chars: int) -> str:
     """The ``?prompt=`` of a GET route."""
     return _checked_prompt(query.get("prompt"), "prompt", max_chars)
+
+
+def read_body(read: Callable[[int], bytes], limit: int) -> bytes:
+    """Read a request body of at most ``limit`` bytes, or refuse it with 413.
+
+    A ``Content-Length`` over the limit is refused before this (``shared.guard``);
+    a chunked body has none, so at most one byte past the limit is read to tell.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        part = read(limit + 1 - size)  # a stream may return less than asked
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        raise body_too_large(limit)
+    return b"".join(parts)
+
+
+def body_too_large(limit: int) -> StreamError:
+    return StreamError(
+        413, f"The body is over the limit of {limit} bytes.", "payload_too_large"
+    )
 
 
 def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:

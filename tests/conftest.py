@@ -33,6 +33,19 @@ CORS_ORIGIN = "http://allowed.example"
 # over 4094 bytes with its own 414).
 MAX_PROMPT_CHARS = 2000
 GRACE = {"GRACEFUL_TIMEOUT": "3"}  # gunicorn's wait for open streams at the end
+ACCESS_TOKEN = f"token-{uuid.uuid4().hex}"
+MAX_OUTPUT_TOKENS = 7
+MAX_BODY_BYTES = 4096
+RATE_LIMIT = "3/minute"
+# Configurations that turn on the opt-in access rules, over the plain upstream.
+ACCESS_CONFIGS = {
+    "guarded": {
+        "STREAM_AUTH_TOKEN": ACCESS_TOKEN,
+        "STREAM_MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
+        "STREAM_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+    },
+    "rate-limited": {"STREAM_RATE_LIMIT": RATE_LIMIT},
+}
 
 
 class ServerPool:
@@ -46,12 +59,13 @@ class ServerPool:
     def get(self, kind: ServerKind, config: str = "plain") -> Server:
         key = (kind.name, config)
         if key not in self._servers:
-            env = self._env(config)
+            env = self.env(config)
             log = self._log_dir / f"{kind.name}-{config}.log"
             self._servers[key] = Server(kind, env, log).start()
         return self._servers[key]
 
-    def _env(self, config: str) -> dict[str, str]:
+    def env(self, config: str) -> dict[str, str]:
+        """The environment of a server in ``config`` (see ``get``)."""
         if config == "demo":  # no key and no base URL: the built-in demo model
             return {"STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS), **GRACE}
         env = {
@@ -67,6 +81,7 @@ class ServerPool:
             return env
         upstream = self._upstreams["tls" if config == "tls" else "plain"]
         env["OPENAI_BASE_URL"] = upstream.base_url
+        env.update(ACCESS_CONFIGS.get(config, {}))
         if config == "no-key":  # a local server that needs none
             del env["OPENAI_API_KEY"]
         if upstream.ca_file:

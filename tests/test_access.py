@@ -1,0 +1,406 @@
+"""The opt-in access rules: a token, a rate limit (memory and Redis), output and
+body caps. Both apps under gunicorn+gevent, as deployed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.test import Client
+
+from tests.client import Response, error_of, get_chat, parse_sse, post_json, texts
+from tests.conftest import (
+    ACCESS_TOKEN,
+    MAX_BODY_BYTES,
+    MAX_OUTPUT_TOKENS,
+    ServerPool,
+)
+from tests.fake_upstream import Done, FakeUpstream, Text
+from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server, ServerKind, free_port
+
+GUNICORN_KINDS = [
+    pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
+    pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
+]
+STREAM_ROUTES = ["/completion", "/completionChat", "/completions/chat", "/api/stream"]
+BEARER = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+
+
+def call(
+    server: Server, path: str, marker: str, headers: dict[str, str] | None = None
+) -> Response:
+    """One request to a streaming route, GET or POST as the route takes it."""
+    if path in ("/completion", "/completionChat"):
+        return get_chat(server, f"hi {marker}", path, headers=headers)
+    payload = {"prompt": f"hi {marker}", "message": f"hi {marker}"}
+    return post_json(server, path, payload, headers)
+
+
+# --- STREAM_AUTH_TOKEN -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer wrong",
+        f"Basic {ACCESS_TOKEN}",
+        f"Bearer {ACCESS_TOKEN}x",
+        "Bearer",
+    ],
+)
+def test_without_the_token_every_streaming_route_is_401(
+    pool: ServerPool,
+    upstream: FakeUpstream,
+    kind: ServerKind,
+    authorization: str | None,
+) -> None:
+    server = pool.get(kind, "guarded")
+    script = upstream.script(Text("never"), Done())
+    headers = {"Authorization": authorization} if authorization else {}
+    for path in STREAM_ROUTES:
+        response = call(server, path, script.marker, headers)
+        assert response[0] == 401, (path, response[2])
+        assert response[1]["WWW-Authenticate"].startswith("Bearer")
+        assert error_of(response)["type"] == "unauthorized"
+        assert ACCESS_TOKEN.encode() not in response[2]
+    assert script.requests == []  # refused before any upstream call
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_with_the_token_every_streaming_route_streams(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "guarded")
+    for path in STREAM_ROUTES:
+        script = upstream.script(Text("fine"), Done())
+        status, _, body = call(server, path, script.marker, BEARER)
+        assert status == 200, (path, body)
+        assert b"fine" in body
+    # The page and the health check spend nothing: they stay open.
+    for path in ("/", "/healthz", "/assets/chat.js"):
+        assert server.request("GET", path)[0] == 200, path
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_a_preflight_allows_the_authorization_header(
+    pool: ServerPool, kind: ServerKind
+) -> None:
+    from tests.conftest import CORS_ORIGIN
+
+    server = pool.get(kind, "guarded")
+    status, headers, _ = server.request(
+        "OPTIONS",
+        "/completions/chat",
+        headers={"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 204
+    assert "Authorization" in headers["Access-Control-Allow-Headers"]
+
+
+# --- STREAM_MAX_OUTPUT_TOKENS --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_the_output_cap_is_sent_to_the_upstream(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    capped, uncapped = pool.get(kind, "guarded"), pool.get(kind)
+    for path, field in [
+        ("/completion", "max_tokens"),
+        ("/completionChat", "max_completion_tokens"),
+        ("/completions/chat", "max_completion_tokens"),
+        ("/api/stream", "max_completion_tokens"),
+    ]:
+        script = upstream.script(Text("a"), Done())
+        assert call(capped, path, script.marker, BEARER)[0] == 200
+        assert script.wait_for_request().json[field] == MAX_OUTPUT_TOKENS, path
+        script = upstream.script(Text("a"), Done())
+        assert call(uncapped, path, script.marker)[0] == 200
+        sent = script.wait_for_request().json
+        assert "max_tokens" not in sent and "max_completion_tokens" not in sent
+
+
+def test_the_responses_api_gets_its_own_name_for_the_cap(
+    pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    env = {**pool.env("responses"), "STREAM_MAX_OUTPUT_TOKENS": "5"}
+    server = Server(FLASK_GUNICORN, env, tmp_path / "responses.log").start()
+    try:
+        script = upstream.script(Text("a"), Done())
+        assert get_chat(server, f"hi {script.marker}")[0] == 200
+        assert script.wait_for_request().json["max_output_tokens"] == 5
+    finally:
+        server.stop()
+
+
+# --- STREAM_MAX_BODY_BYTES ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "guarded")
+    for path in ("/completions/chat", "/api/stream"):
+        # Announce 100 MB and send 100 bytes: an answer at all proves the server
+        # didn't wait for the rest.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {ACCESS_TOKEN}\r\n"
+                "Content-Type: application/json\r\n"
+                "Content-Length: 100000000\r\n\r\n".encode()
+                + b'{"prompt": "'
+                + b"x" * 88
+            )
+            reply = _read_head_and_some(sock)
+        assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+        assert b'"payload_too_large"' in reply
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_a_body_at_the_limit_is_served_and_one_byte_more_is_413(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "guarded")
+    script = upstream.script(Text("ok"), Done())
+    prefix, suffix = f'{{"prompt": "hi {script.marker}"', "}"
+    padding = " " * (MAX_BODY_BYTES - len(prefix) - len(suffix))  # JSON whitespace
+    body = (prefix + padding + suffix).encode()
+    assert len(body) == MAX_BODY_BYTES
+    headers = {"Content-Type": "application/json", **BEARER}
+    status, _, reply = server.request("POST", "/completions/chat", body, headers)
+    assert status == 200, reply[:300]
+    too_long = body[:-1] + b" }"
+    status, _, reply = server.request("POST", "/completions/chat", too_long, headers)
+    assert status == 413
+    assert len(script.requests) == 1
+
+
+def test_a_chunked_body_over_the_limit_is_413(pool: ServerPool) -> None:
+    """A chunked body has no length to check: reading stops one byte past the limit.
+
+    Flask only: Django reads no chunked request body at all (it takes
+    ``Content-Length`` as the body's length, 0 when absent).
+    """
+    server = pool.get(FLASK_GUNICORN, "guarded")
+    chunk = b"x" * 1024
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            "POST /completions/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {ACCESS_TOKEN}\r\n"
+            "Content-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for _ in range(MAX_BODY_BYTES // len(chunk) + 2):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        reply = _read_head_and_some(sock)  # sent no final chunk: not read to the end
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+
+
+def _read_head_and_some(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data or b"}}" not in data:
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+    return data
+
+
+# --- STREAM_RATE_LIMIT, in memory --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "rate-limited")  # 3/minute, counted by client address
+    script = upstream.script(Text("ok"), Done())
+    answers = [call(server, path, script.marker) for path in STREAM_ROUTES]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+    assert 1 <= int(answers[-1][1]["Retry-After"]) <= 60
+    assert error_of(answers[-1])["type"] == "rate_limited"
+    assert len(script.requests) == 3  # the refused one never reached the upstream
+    assert server.request("GET", "/healthz")[0] == 200  # not counted, not limited
+
+
+# --- STREAM_RATE_LIMIT, in Redis ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis on 127.0.0.1 (Debian's redis-server), stopped by its PID."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is missing: `make test` installs it")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_every_worker_and_app_shares_one_limit_in_redis(
+    pool: ServerPool, upstream: FakeUpstream, redis_url: str, tmp_path: Path
+) -> None:
+    """Two server processes (the Flask app and the Django project) count together."""
+    env = {**pool.env("plain"), "STREAM_RATE_LIMIT": "4/minute", "REDIS_URL": redis_url}
+    servers = [
+        Server(kind, env, tmp_path / f"{kind.name}.log").start()
+        for kind in (FLASK_GUNICORN, DJANGO_GUNICORN)
+    ]
+    try:
+        script = upstream.script(Text("ok"), Done())
+        statuses = [
+            call(servers[i % 2], "/completionChat", script.marker)[0] for i in range(6)
+        ]
+        assert statuses == [200, 200, 200, 200, 429, 429]
+        assert len(script.requests) == 4
+        keys = redis.Redis.from_url(redis_url).keys("*")
+        assert keys, "the counters live in Redis"
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_an_unreachable_redis_refuses_with_503_not_a_free_pass(
+    pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    env = {
+        **pool.env("plain"),
+        "STREAM_RATE_LIMIT": "4/minute",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+    }
+    server = Server(FLASK_GUNICORN, env, tmp_path / "no-redis.log").start()
+    try:
+        script = upstream.script(Text("ok"), Done())
+        response = call(server, "/completionChat", script.marker)
+        assert response[0] == 503, response[2]
+        assert error_of(response)["type"] == "rate_limiter_unavailable"
+        assert script.requests == []
+    finally:
+        server.stop()
+
+
+def test_streams_still_parse_with_every_rule_on(
+    pool: ServerPool, upstream: FakeUpstream
+) -> None:
+    server = pool.get(FLASK_GUNICORN, "guarded")
+    script = upstream.script(Text("one "), Text("two"), Done())
+    status, _, body = call(server, "/completionChat", script.marker, BEARER)
+    assert status == 200
+    assert texts(parse_sse(body)) == ["one ", "two"]
+
+
+# --- The Django way: STREAM_AUTHORIZE, and error pages --------------------------------
+
+
+def test_django_refuses_anonymous_users_when_sign_in_is_required(
+    pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    env = {
+        **pool.env("plain"),
+        "DJANGO_STREAM_AUTHORIZE": "django_project.access.signed_in",
+    }
+    server = Server(DJANGO_GUNICORN, env, tmp_path / "signed-in.log").start()
+    try:
+        script = upstream.script(Text("never"), Done())
+        for path in STREAM_ROUTES:
+            response = call(server, path, script.marker)
+            assert response[0] == 401, (path, response[2])
+            assert error_of(response)["type"] == "unauthorized"
+        assert script.requests == []
+        assert server.request("GET", "/")[0] == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_django_serves_a_signed_in_user(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, with the demo model: a signed-in session streams, none gets 401."""
+    from django.conf import settings
+    from django.contrib.auth.models import User
+
+    from django_project.access import signed_in
+    from django_project.apps import StreamConfig
+    from shared.guard import Guard
+
+    monkeypatch.setattr(
+        StreamConfig, "guard", Guard(settings.STREAM_SETTINGS, signed_in)
+    )
+    path = "/completionChat?prompt=hello"
+    assert client.get(path, HTTP_HOST="127.0.0.1").status_code == 401
+    client.force_login(User.objects.create_user("reader", password="not-used"))
+    response = client.get(path, HTTP_HOST="127.0.0.1")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("debug", ["1", ""], ids=["debug", "no-debug"])
+def test_no_django_error_page_shows_the_key(
+    pool: ServerPool, tmp_path: Path, debug: str
+) -> None:
+    """A failure inside the SDK, whose frames hold the key, even with DEBUG on."""
+    from tests.conftest import FAKE_API_KEY
+
+    env = {
+        **pool.env("plain"),
+        "DJANGO_DEBUG": debug,
+        "DJANGO_STREAM_AUTHORIZE": "tests.django_hooks.fail_holding_the_key",
+    }
+    server = Server(DJANGO_GUNICORN, env, tmp_path / "debug.log").start()
+    try:
+        status, headers, body = get_chat(server, "hi")
+    finally:
+        server.stop()
+    assert status == 500
+    if debug:  # the debug page, with its traceback, but no key
+        assert b"InvalidURL" in body and b"fail_holding_the_key" in body
+    else:
+        assert b"Traceback" not in body and b"InvalidURL" not in body
+    assert FAKE_API_KEY.encode() not in body
+    assert FAKE_API_KEY not in str(headers)
+    assert FAKE_API_KEY not in server.log()
