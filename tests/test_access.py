@@ -332,7 +332,7 @@ def test_streams_still_parse_with_every_rule_on(
     assert texts(parse_sse(body)) == ["one ", "two"]
 
 
-# --- The Django way: STREAM_AUTHORIZE, and error pages --------------------------------
+# --- The Django way: STREAM_AUTHORIZE, and error pages ---------------------------
 
 
 def test_django_refuses_anonymous_users_when_sign_in_is_required(
@@ -404,3 +404,24 @@ def test_no_django_error_page_shows_the_key(
     assert FAKE_API_KEY.encode() not in body
     assert FAKE_API_KEY not in str(headers)
     assert FAKE_API_KEY not in server.log()
+
+
+# --- STREAM_UPSTREAM_MAX_RETRIES ---------------------------------------------------
+
+
+def test_the_sdk_retries_are_configurable(
+    pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Retried before the first byte: 3 attempts by default, 1 with no retries."""
+    env = {**pool.env("plain"), "STREAM_UPSTREAM_MAX_RETRIES": "0"}
+    no_retries = Server(FLASK_GUNICORN, env, tmp_path / "no-retries.log").start()
+    try:
+        for server, attempts in ((pool.get(FLASK_GUNICORN), 3), (no_retries, 1)):
+            # retry-after-ms keeps the SDK's back-off short
+            script = upstream.script(
+                status=503, headers={"retry-after-ms": "5"}, body={"error": "busy"}
+            )
+            assert get_chat(server, f"hi {script.marker}")[0] == 502
+            assert len(script.requests) == attempts
+    finally:
+        no_retries.stop()
