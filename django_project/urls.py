@@ -1,9 +1,14 @@
-"""The contract's routes, plus Django's admin at ``/admin/``."""
+"""The contract's routes, plus Django's admin at ``/admin/``; errors as JSON."""
 
 from django.contrib import admin
 from django.urls import path
 
 from django_project import views
+
+handler400 = "django_project.errors.bad_request"
+handler403 = "django_project.errors.forbidden"
+handler404 = "django_project.errors.not_found"
+handler500 = "django_project.errors.server_error"
 
 urlpatterns = [
     path("", views.index),

@@ -6,4 +6,8 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_project.settings")
 
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from django_project.errors import refuse_too_many_fields  # noqa: E402 (after setup)
+
+application = refuse_too_many_fields(django_application)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.config import Settings
-from shared.guard import Guard, cors_headers
+from shared.guard import Guard, cors_headers, http_error, method_not_allowed
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -64,20 +65,49 @@ def route(path: str, method: str, *, streaming: bool = True) -> Callable[[View],
                     response = Response(status=204, headers=preflight)
                     del response.headers["Content-Type"]
             except StreamError as error:
-                response = Response(
-                    error.body(),
-                    error.status,
-                    {**error.headers, "Content-Type": JSON_CONTENT_TYPE},
-                )
+                response = _error_response(error)
             response.headers.update(cors_headers(request.headers, origins))
             return response
 
+        guarded.allowed_method = method  # type: ignore[attr-defined]
         bp.add_url_rule(
             path, view_func=guarded, methods=ANY_METHOD, provide_automatic_options=False
         )
         return guarded
 
     return decorator
+
+
+def _error_response(error: StreamError) -> Response:
+    return Response(
+        error.body(), error.status, {**error.headers, "Content-Type": JSON_CONTENT_TYPE}
+    )
+
+
+@bp.app_errorhandler(HTTPException)
+def framework_error(error: HTTPException) -> Response:
+    """Werkzeug's own errors as the contract's JSON, as the Django app answers them.
+
+    An unknown path, a method outside ``ANY_METHOD`` (``TRACE``, a made-up one) and
+    a body cut off before its ``Content-Length`` never reach a route's view.
+    """
+    status = error.code or 500
+    allowed = _allowed_method() if isinstance(error, MethodNotAllowed) else None
+    if allowed is not None:
+        return _error_response(method_not_allowed(request.method, [allowed]))
+    return _error_response(http_error(status))
+
+
+def _allowed_method() -> str | None:
+    """The one method of the route at this path (every route also takes OPTIONS)."""
+    try:
+        endpoint, _ = current_app.url_map.bind_to_environ(request.environ).match(
+            method="OPTIONS"
+        )
+    except HTTPException:
+        return None
+    view = current_app.view_functions.get(endpoint)
+    return getattr(view, "allowed_method", None)
 
 
 def _settings() -> Settings:

@@ -49,12 +49,33 @@ class Headers(Protocol):
 def check_method(method: str, allowed: Collection[str]) -> None:
     """Refuse any other method with 405 and an ``Allow`` header."""
     if method not in allowed:
-        raise StreamError(
-            405,
-            f"Use {' or '.join(allowed)} here, got {method!r}.",
-            "method_not_allowed",
-            {"Allow": ", ".join([*allowed, "OPTIONS"])},
-        )
+        raise method_not_allowed(method, allowed)
+
+
+def method_not_allowed(method: str, allowed: Collection[str]) -> StreamError:
+    return StreamError(
+        405,
+        f"Use {' or '.join(allowed)} here, got {method[:20]!r}.",
+        "method_not_allowed",
+        {"Allow": ", ".join([*allowed, "OPTIONS"])},
+    )
+
+
+# What the contract's JSON says for errors the framework or server raises itself.
+_HTTP_ERRORS = {
+    400: ("The request is malformed.", "invalid_request_error"),
+    403: ("This request is not allowed.", "forbidden"),
+    404: ("There is nothing at this path.", "not_found"),
+    405: ("This method is not allowed here.", "method_not_allowed"),
+    413: ("The request is too large.", "payload_too_large"),
+    500: ("The server failed; the failure is logged.", "server_error"),
+}
+
+
+def http_error(status: int) -> StreamError:
+    """A framework's own error (unknown path, malformed request) as contract JSON."""
+    message, kind = _HTTP_ERRORS.get(status, ("The request failed.", "http_error"))
+    return StreamError(status, message, kind)
 
 
 def check_site(headers: Headers, cors_origins: Collection[str]) -> None:
@@ -115,8 +136,9 @@ def check_token(headers: Headers, token: str) -> None:
 
 def check_body_size(headers: Headers, limit: int) -> None:
     """Refuse a body whose ``Content-Length`` is over ``limit``, before reading it."""
-    length = headers.get("Content-Length")
-    if length and length.strip().isdigit() and int(length) > limit:
+    length = (headers.get("Content-Length") or "").strip()
+    # isascii: "²".isdigit() is true too (a server may pass such a header on).
+    if length.isascii() and length.isdigit() and int(length) > limit:
         raise body_too_large(limit)
 
 

@@ -6,12 +6,14 @@ Both apps validate here so that the same bad request gets the same error bytes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.streaming import StreamError
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Messages = list[dict[str, str]]
 
@@ -81,7 +83,7 @@ def _checked_prompt(value: object, name: str, max_chars: int) -> str:
         raise StreamError(
             400, f"The {name!r} is {len(value)} characters; the limit is {max_chars}."
         )
-    return value
+    return _well_formed(value)
 
 
 def _checked_messages(value: object, max_chars: int) -> Messages:
@@ -100,7 +102,7 @@ def _checked_messages(value: object, max_chars: int) -> Messages:
             )
         if not isinstance(content, str):
             raise StreamError(400, f"messages[{index}].content must be a string.")
-        messages.append({"role": role, "content": content})
+        messages.append({"role": role, "content": _well_formed(content)})
     total = sum(len(m["content"]) for m in messages)
     if total > max_chars:
         raise StreamError(
@@ -109,6 +111,17 @@ def _checked_messages(value: object, max_chars: int) -> Messages:
     if not any(m["content"].strip() for m in messages):
         raise StreamError(400, "Every message is empty: give some content.")
     return messages
+
+
+def _well_formed(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD, so that it can be sent as UTF-8.
+
+    JSON can carry half a surrogate pair (``"\\ud83d"``, e.g. text cut in the middle
+    of an emoji) and ``json.loads`` keeps it; the upstream request could not encode
+    it. A browser's ``fetch`` makes the same replacement, and so does a query string
+    decoded by either framework.
+    """
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _short(value: object) -> str:

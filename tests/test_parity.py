@@ -42,6 +42,8 @@ def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str,
         ("POST", "/completions/chat", b"{", json_type),
         ("POST", "/completions/chat", b"{}", {"Content-Type": "text/plain"}),
         ("PUT", "/api/stream", None, {}),
+        ("TRACE", "/api/stream", None, {}),  # outside the methods Flask routes
+        ("GET", "/no/such/path", None, {}),
         ("GET", "/completionChat?prompt=x", None, {"Sec-Fetch-Site": "cross-site"}),
         (
             "OPTIONS",

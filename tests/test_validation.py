@@ -86,3 +86,20 @@ def test_a_role_of_the_wrong_type_is_a_400(role: object) -> None:
     with pytest.raises(StreamError) as caught:
         messages_from_json({"messages": [{"role": role, "content": "hi"}]}, "prompt", 9)
     assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"prompt": "cut emoji \ud83d"},
+        {"messages": [{"role": "user", "content": "\udfff and more"}]},
+    ],
+)
+def test_a_lone_surrogate_becomes_the_replacement_character(
+    data: dict[str, object],
+) -> None:
+    # JSON can carry one ("\ud83d"); sent on as is, the upstream request can't be
+    # encoded as UTF-8 (it was a 502).
+    [message] = messages_from_json(data, "prompt", LIMIT)
+    assert "\ufffd" in message["content"]
+    message["content"].encode()
