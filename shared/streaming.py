@@ -15,7 +15,9 @@ Deliberate choices a reader might want to "fix":
 - Keep-alive is an SSE comment: every parser ignores it, so it never shows as text.
 - The upstream is read by a helper thread (a greenlet under gevent) feeding a small
   bounded queue: the response thread can then write keep-alives during silence and
-  notice a client that left, while backpressure still reaches the upstream.
+  notice a client that left, while backpressure still reaches the upstream. The
+  queue is bounded in text as well as in reads: one read at full speed can carry
+  64 KiB, and a client that stops reading must not cost megabytes.
 - The fast input is raw SSE bytes (the apps read them through the SDK's
   ``with_streaming_response``): a lean parser and one ``json.loads`` per event cost a
   small fraction of the pydantic object the SDK builds per chunk. Whatever the
@@ -38,6 +40,8 @@ import select
 import socket
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypedDict, Unpack
 
@@ -48,6 +52,7 @@ __all__ = [
     "ClientDisconnected",
     "StreamError",
     "UpstreamFailed",
+    "end_open_streams",
     "open_upstream",
     "sse_event",
     "sse_frames",
@@ -71,13 +76,20 @@ DEFAULT_KEEPALIVE_SECONDS = 15.0
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# What an upstream's error message may quote of a key: the key, a masked form of it
+# (``sk-proj-****abcd``, ``sk-…abcd``, ``sk-***...abcd``), any masked secret, or a
+# bearer token. A match ends on a word character or a star, so a sentence keeps its
+# final period.
 _KEY_LIKE = re.compile(
-    r"\b(?:sk|gsk|hf|xai|pk|rk|key|api)[-_][A-Za-z0-9_\-*]{6,}|(?<=Bearer )\S+",
+    r"\b(?:sk|gsk|hf|xai|pk|rk|key|api)[-_](?=[\w\-*.…]{6})[\w\-*.…]*[\w*]"
+    r"|[\w\-]*\*{3,}[\w\-*.…]*[\w*]"
+    r"|(?<=Bearer )\S+",
     re.IGNORECASE,
 )
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
 _QUEUE_SIZE = 32  # upstream reads buffered per stream before the upstream is paused
+_QUEUE_CHARS = 65536  # ... or this much text queued, whichever comes first
 _READER_JOIN_SECONDS = 1.0
 # After [DONE], how long and how many reads to wait for the end of the HTTP body.
 _DRAIN_SECONDS = 0.1
@@ -484,6 +496,69 @@ class _Callbacks:
 
 _END = object()
 _GONE = object()
+_ENDING = object()  # end_open_streams() was called
+# The relays of this process that are open: end_open_streams() ends them.
+_open_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
+_open_relays_lock = threading.Lock()
+
+
+def end_open_streams(
+    message: str = "The server is shutting down.", type: str = "server_shutdown"
+) -> int:
+    """End every open stream of this process now, with an error; how many there were.
+
+    For a graceful shutdown that can't wait for every stream: an SSE stream ends with
+    a whole ``event: error`` frame (``message``, ``type``), a raw text stream is cut
+    off without its final chunk, and one still waiting for its first output is
+    answered ``503``; each closes its upstream response. Call it shortly before the
+    server gives up waiting (``gunicorn.conf.py`` does, on ``SIGTERM``): streams
+    killed with the process would end in silence, or halfway through a frame.
+    """
+    with _open_relays_lock:
+        relays = list(_open_relays)
+    for relay in relays:
+        relay.end(StreamError(503, message, type))
+    return len(relays)
+
+
+class _BatchQueue(queue.Queue[object]):
+    """The relay's queue: full at ``maxsize`` batches or ``_QUEUE_CHARS`` of text.
+
+    A read at full speed carries up to 64 KiB of events: bounded by reads alone, a
+    client that stops reading would leave megabytes queued per stream, and a
+    hundred such clients hundreds of megabytes.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._chars = 0
+
+    def _qsize(self) -> int:
+        count: int = len(self.queue)
+        return count if self._chars < _QUEUE_CHARS else max(count, self.maxsize)
+
+    def _put(self, item: object) -> None:
+        super()._put(item)
+        self._chars += _chars(item)
+
+    def _get(self) -> object:
+        item = super()._get()
+        self._chars -= _chars(item)
+        return item
+
+
+def _chars(item: object) -> int:
+    """The size of a queued batch: its texts' lengths (a usage dict counts 3)."""
+    return sum(map(len, item)) if type(item) is list else 0
+
+
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline``, for a ``timeout=``; ``None`` waits for ever."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _gevent_active() -> bool:
@@ -510,7 +585,7 @@ class _Relay:
         self._keepalive = keepalive_seconds
         self._client_socket = client_socket
         self._callbacks = callbacks
-        self._queue: queue.Queue[object] = queue.Queue(_QUEUE_SIZE)
+        self._queue: queue.Queue[object] = _BatchQueue(_QUEUE_SIZE)
         self._stop = threading.Event()
         self._client_gone = threading.Event()
         self._ended = threading.Event()  # the upstream sent its end marker
@@ -518,6 +593,7 @@ class _Relay:
         self._helpers: list[Any] = []
         self._started = False
         self._first: object = None
+        self._ending: StreamError | None = None
 
     def start(self, first_output_within: float | None) -> None:
         """Start reading, and wait up to the given time for the first output.
@@ -527,6 +603,8 @@ class _Relay:
         back. Silence past the wait lets the response start (with a keep-alive).
         """
         self._started = True
+        with _open_relays_lock:
+            _open_relays.add(self)
         if self._callbacks.on_start:
             try:
                 self._callbacks.on_start()
@@ -536,31 +614,44 @@ class _Relay:
         self._spawn(self._read)
         if self._client_socket is not None:
             self._spawn(self._watch_client)
+        # Chunks without text (a role, reasoning) don't count as output, nor restart
+        # the wait: without a byte, a proxy in front may give up on the response.
+        deadline = _deadline(first_output_within)
         while True:
             try:
-                item = self._queue.get(timeout=first_output_within)
+                item = self._queue.get(timeout=_left(deadline))
             except queue.Empty:
                 return
             if item == []:
                 continue  # e.g. the role-only first chunk: nothing to write yet
+            if item is _ENDING:
+                item = self._ending
             if isinstance(item, BaseException):
                 self.close()
                 if self._callbacks.on_error:
                     self._callbacks.on_error(item)
+                if isinstance(item, StreamError):  # from end_open_streams()
+                    raise item
                 raise _as_stream_error(item) from item
             self._first = item
             return
 
     def __iter__(self) -> Iterator[Batch | None]:
+        # A keep-alive is due after this long without output, however many chunks
+        # without text (e.g. a reasoning model's) arrived meanwhile.
+        keepalive_due = _deadline(self._keepalive)
         while True:
             if self._client_gone.is_set():
                 raise ClientDisconnected
-            if self._first is not None:
+            if self._ending is not None:  # even with batches still queued
+                item: object = self._ending
+            elif self._first is not None:
                 item, self._first = self._first, None
             else:
                 try:
-                    item = self._queue.get(timeout=self._keepalive)
+                    item = self._queue.get(timeout=_left(keepalive_due))
                 except queue.Empty:
+                    keepalive_due = _deadline(self._keepalive)
                     yield None
                     continue
             if item is _END:
@@ -568,6 +659,8 @@ class _Relay:
                 return
             if item is _GONE:
                 raise ClientDisconnected
+            if item is _ENDING:
+                item = self._ending
             if isinstance(item, BaseException):
                 if self._callbacks.on_error:
                     self._callbacks.on_error(item)
@@ -584,6 +677,8 @@ class _Relay:
                     batch.extend(more)  # each read's batch is a list of its own
                 else:
                     self._first = more  # the end, or an error: next round
+            if batch:
+                keepalive_due = _deadline(self._keepalive)
             self._callbacks.batch(batch)
             yield batch
 
@@ -657,9 +752,20 @@ class _Relay:
                     pass  # the writer is not waiting: it sees _client_gone next
             return  # any other byte is the client's next request: not ours to read
 
+    def end(self, error: StreamError) -> None:
+        """End the stream with ``error`` (see :func:`end_open_streams`)."""
+        self._ending = error
+        self._stop.set()  # the reader stops, closing the upstream response
+        try:
+            self._queue.put_nowait(_ENDING)  # wakes a writer waiting for data
+        except queue.Full:
+            pass  # the writer is not waiting: it sees _ending next
+
     def close(self) -> None:
         """Stop the helpers and close the upstream; safe to call more than once."""
         self._stop.set()
+        with _open_relays_lock:
+            _open_relays.discard(self)
         if not self._started:
             _close(self._chunks)  # opened by the view, never read
             return

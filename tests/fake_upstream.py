@@ -86,12 +86,30 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class Hangup:
+    """Close the connection mid-response with a FIN: no RST, no terminating chunk.
+
+    An abrupt but orderly close (a proxy or server that gave up): every byte sent
+    before it arrives, and the body is still cut short.
+    """
+
+
+@dataclass(frozen=True)
 class Forever:
     """``Text(delta)`` every ``interval`` until the client leaves (or the limit)."""
 
     delta: str = "tick "
     interval: float = 0.05
     limit_seconds: float = 60
+
+
+@dataclass(frozen=True)
+class Flood:
+    """``Text(delta)`` ``count`` times, with no pause: a long answer sent as fast as
+    the client reads it. A client that stops reading blocks the fake's writes."""
+
+    delta: str
+    count: int
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ class ErrorEvent:
     type: str = "server_error"
 
 
-Step = Text | Usage | Done | Raw | Sleep | Abort | Forever | ErrorEvent
+Step = Text | Usage | Done | Raw | Sleep | Abort | Hangup | Forever | Flood | ErrorEvent
 DEFAULT_STEPS: tuple[Step, ...] = (Text("Hello"), Text(" world"), Usage(5, 2), Done())
 
 
@@ -137,6 +155,9 @@ class Script:
     body: Any = None
     headers_delay: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Played instead for the next request with this marker (the SDK's retry); the
+    # last script of the chain answers every request after that.
+    then: Script | None = None
 
     def wait_for_request(self, timeout: float = 5.0) -> RecordedRequest:
         """The first request that matched; AssertionError if none within timeout."""
@@ -320,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         marker, now = script.marker or None, time.monotonic()
         rec = RecordedRequest(self.command, path, headers, payload, marker, now)
-        fake._record(rec, script)
+        script = fake._record(rec, script)  # the retry's script, if it has its own
         kind = ENDPOINTS.get(path) if self.command == "POST" else None
         params = payload if isinstance(payload, dict) else {}
         enc = _Encoder(kind or "chat", str(params.get("model", "fake-model")))
@@ -392,10 +413,16 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(step, Abort):
                 self._abort()
                 return
+            if isinstance(step, Hangup):
+                self._hangup()
+                return
             if isinstance(step, Sleep):
                 ok = self._wait(rec, step.seconds)
             elif isinstance(step, Forever):
                 ok = self._forever(rec, enc, step)
+            elif isinstance(step, Flood):
+                texts = (enc.encode(Text(step.delta)) for _ in range(step.count))
+                ok = all(self._write(rec, data) for data in texts)
             else:
                 data = enc.encode(step)
                 ok = not data or self._write(rec, data)  # b"" would end the body
@@ -469,6 +496,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.fake._stopping.is_set():
             self.server.fake._update(rec, disconnected_at=time.monotonic())
         return False
+
+    def _hangup(self) -> None:
+        self.close_connection = True
+        try:
+            self.request.shutdown(socket.SHUT_WR)  # FIN now; the server closes later
+        except OSError:
+            pass
 
     def _abort(self) -> None:
         self.close_connection = True
@@ -554,16 +588,19 @@ class FakeUpstream:
         headers: Mapping[str, str] | None = None,
         body: Any = None,
         headers_delay: float = 0.0,
+        then: Script | None = None,
     ) -> Script:
         """Register steps (or, with ``status != 200``, an error ``body``).
 
         ``headers_delay`` holds back even the status line: an upstream that hangs
-        before its first byte.
+        before its first byte. ``then`` answers the next request with this marker
+        (e.g. a 503 ``then`` a stream: the retry succeeds).
         """
         marker = f"[[fake-{next(_marker_ids)}]]"
         script = Script(
             self._cond, marker, steps, status, dict(headers or {}), body, headers_delay
         )
+        script.then = then
         with self._cond:
             self._scripts.append(script)
         return script
@@ -622,11 +659,17 @@ class FakeUpstream:
         found = (s for s in scripts if s.marker.encode() in body)
         return next(found, self.default_script)
 
-    def _record(self, rec: RecordedRequest, script: Script) -> None:
+    def _record(self, rec: RecordedRequest, script: Script) -> Script:
+        """Record ``rec`` under ``script``; return the script of the chain to play."""
         with self._cond:
+            play = script
+            if script.then is not None:
+                for _ in script.requests:  # each earlier request moves one along
+                    play = play.then or play
             self.requests.append(rec)
             script.requests.append(rec)
             self._cond.notify_all()
+        return play
 
     def _update(self, rec: RecordedRequest, **changes: Any) -> None:
         with self._cond:

@@ -31,6 +31,7 @@ class ServerKind:
     framework: str  # "flask" or "django"
     production: bool  # gunicorn+gevent, or the framework's development server
     extra_args: tuple[str, ...] = ()
+    config: str = "gunicorn.conf.py"  # gunicorn's -c file, from the repository root
 
     def command(self, port: int) -> list[str]:
         if not self.production:
@@ -58,7 +59,7 @@ class ServerKind:
         return [
             str(BIN / "gunicorn"),
             "-c",
-            "gunicorn.conf.py",
+            self.config,
             "-b",
             f"127.0.0.1:{port}",
             "--workers",

@@ -19,6 +19,7 @@ from tests.fake_upstream import (
     ErrorEvent,
     FakeUpstream,
     Forever,
+    Hangup,
     Raw,
     Sleep,
     Text,
@@ -234,3 +235,31 @@ def test_close_does_not_hang_with_streams_in_flight() -> None:
         fake.close()
         assert time.monotonic() - started < 3
         assert fake.open_connections == 0
+
+
+def test_hangup_sends_what_came_before_then_ends_without_the_last_chunk(
+    fake: FakeUpstream,
+) -> None:
+    s = fake.script(Text("a"), Hangup(), Text("never"))
+    with raw_request(fake, body(s.marker)) as sock:
+        got = read_until(sock, b"[{")
+        while data := sock.recv(65536):  # a FIN, not a reset: reads end cleanly
+            got += data
+    assert b'"content":"a"' in got and b"never" not in got
+    assert not got.endswith(b"0\r\n\r\n")
+    fake.wait_open_connections(0)
+
+
+def test_then_answers_the_next_request_and_the_last_script_repeats(
+    fake: FakeUpstream,
+) -> None:
+    s = fake.script(status=503, then=fake.script(Text("ok"), Done()))
+    conn = http.client.HTTPConnection("127.0.0.1", port(fake), timeout=5)
+    statuses = []
+    for _ in range(3):
+        resp = post(conn, CHAT, body(s.marker))
+        resp.read()
+        statuses.append(resp.status)
+    conn.close()
+    assert statuses == [503, 200, 200]
+    assert len(s.requests) == 3

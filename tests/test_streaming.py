@@ -1113,3 +1113,18 @@ def test_the_headers_keep_proxies_and_browsers_from_buffering() -> None:
 def test_a_chat_chunk_with_a_type_field_of_its_own_is_still_read() -> None:
     chunk = {"type": "chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
     assert b"".join(text_stream([chunk])) == b"hi"
+
+
+def test_chunks_without_text_do_not_hold_back_keepalives() -> None:
+    """A reasoning model sends chunks with no content for a long time: the client
+    (and any proxy in front) must still get a byte every keep-alive interval."""
+    empty = {**CHUNK, "choices": [{"index": 0, "delta": {"reasoning_content": "."}}]}
+    steps: list[Any] = []
+    for _ in range(12):
+        steps += [empty, Pause(0.02)]
+    started = time.monotonic()
+    body = sse_frames(Upstream([*steps, chat("a")]), keepalive_seconds=0.05)
+    assert time.monotonic() - started < 0.2, "the response should start meanwhile"
+    frames = collect(body)
+    assert frames.count(KEEPALIVE) >= 2, frames
+    assert frames.endswith(b"data: a\n\n" + DONE)
