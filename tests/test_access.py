@@ -425,3 +425,33 @@ def test_the_sdk_retries_are_configurable(
             assert len(script.requests) == attempts
     finally:
         no_retries.stop()
+
+
+def test_flask_applies_its_authorize_hook_to_every_streaming_route() -> None:
+    """In-process, with the demo model: ``create_app(authorize=...)``."""
+    from flask_app import create_app
+    from shared.config import Settings
+
+    app = create_app(
+        {"STREAM_SETTINGS": Settings()},  # no key, no base URL: the demo model
+        authorize=lambda request: request.headers.get("X-User") == "ada",
+    )
+    client = app.test_client()
+    for user, status in ((None, 401), ("bob", 401), ("ada", 200)):
+        headers = {"X-User": user} if user else {}
+        for path in STREAM_ROUTES:
+            if path in ("/completion", "/completionChat"):
+                response = client.get(f"{path}?prompt=hi", headers=headers)
+            else:
+                payload = {"prompt": "hi", "message": "hi"}
+                response = client.post(path, json=payload, headers=headers)
+            assert response.status_code == status, (user, path)
+            if status == 401:
+                assert response.json == {
+                    "error": {
+                        "message": "Sign in to use this endpoint.",
+                        "type": "unauthorized",
+                    }
+                }
+            response.close()
+        assert client.get("/healthz").status_code == 200
