@@ -55,6 +55,7 @@ def call(
         f"Bearer {ACCESS_TOKEN}x",
         "Bearer",
     ],
+    ids=["none", "wrong", "basic", "longer", "empty"],  # the token differs per run
 )
 def test_without_the_token_every_streaming_route_is_401(
     pool: ServerPool,
