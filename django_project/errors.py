@@ -14,11 +14,21 @@ from django.http import HttpRequest, HttpResponse
 
 from shared.guard import http_error
 from shared.pages import JSON_CONTENT_TYPE
+from shared.streaming import StreamError
+
+
+def json_error(error: StreamError) -> HttpResponse:
+    """The contract's JSON error response, with the error's own headers."""
+    return HttpResponse(
+        error.body(),
+        status=error.status,
+        content_type=JSON_CONTENT_TYPE,
+        headers=error.headers,
+    )
 
 
 def _answer(status: int) -> HttpResponse:
-    error = http_error(status)
-    return HttpResponse(error.body(), status=status, content_type=JSON_CONTENT_TYPE)
+    return json_error(http_error(status))
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
@@ -50,9 +60,8 @@ def refuse_too_many_fields(application: Any) -> Any:
     def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
         if limit is not None and environ.get("QUERY_STRING", "").count("&") >= limit:
-            error = http_error(400)
             start_response("400 Bad Request", [("Content-Type", JSON_CONTENT_TYPE)])
-            return [error.body()]
+            return [http_error(400).body()]
         return application(environ, start_response)  # type: ignore[no-any-return]
 
     return guarded

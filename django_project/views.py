@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 
 from django_project.apps import StreamConfig
+from django_project.errors import json_error
 from shared.guard import Guard, cors_headers
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
@@ -79,12 +80,7 @@ def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
                     response = HttpResponse(status=204, headers=preflight)
                     del response["Content-Type"]
             except StreamError as error:
-                response = HttpResponse(
-                    error.body(),
-                    status=error.status,
-                    content_type=JSON_CONTENT_TYPE,
-                    headers=error.headers,
-                )
+                response = json_error(error)
             _set_headers(response, cors_headers(request.headers, origins))
             return response
 

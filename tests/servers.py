@@ -130,6 +130,13 @@ class Server:
             f"{self.name} did not answer within {START_TIMEOUT_SECONDS}s"
         )
 
+    def __enter__(self) -> Server:
+        """``with Server(...) as server``: started now, stopped at the end."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period: only the process we started."""
         if self.process is None or self.process.poll() is not None:

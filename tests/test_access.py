@@ -133,13 +133,10 @@ def test_the_responses_api_gets_its_own_name_for_the_cap(
     pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     env = {**pool.env("responses"), "STREAM_MAX_OUTPUT_TOKENS": "5"}
-    server = Server(FLASK_GUNICORN, env, tmp_path / "responses.log").start()
-    try:
+    with Server(FLASK_GUNICORN, env, tmp_path / "responses.log") as server:
         script = upstream.script(Text("a"), Done())
         assert get_chat(server, f"hi {script.marker}")[0] == 200
         assert script.wait_for_request().json["max_output_tokens"] == 5
-    finally:
-        server.stop()
 
 
 # --- STREAM_MAX_BODY_BYTES ---------------------------------------------------------
@@ -286,11 +283,11 @@ def test_every_worker_and_app_shares_one_limit_in_redis(
 ) -> None:
     """Two server processes (the Flask app and the Django project) count together."""
     env = {**pool.env("plain"), "STREAM_RATE_LIMIT": "4/minute", "REDIS_URL": redis_url}
-    servers = [
-        Server(kind, env, tmp_path / f"{kind.name}.log").start()
-        for kind in (FLASK_GUNICORN, DJANGO_GUNICORN)
-    ]
-    try:
+    with (
+        Server(FLASK_GUNICORN, env, tmp_path / "flask.log") as flask,
+        Server(DJANGO_GUNICORN, env, tmp_path / "django.log") as django,
+    ):
+        servers = [flask, django]
         script = upstream.script(Text("ok"), Done())
         statuses = [
             call(servers[i % 2], "/completionChat", script.marker)[0] for i in range(6)
@@ -299,9 +296,6 @@ def test_every_worker_and_app_shares_one_limit_in_redis(
         assert len(script.requests) == 4
         keys = redis.Redis.from_url(redis_url).keys("*")
         assert keys, "the counters live in Redis"
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_an_unreachable_redis_refuses_with_503_not_a_free_pass(
@@ -312,15 +306,12 @@ def test_an_unreachable_redis_refuses_with_503_not_a_free_pass(
         "STREAM_RATE_LIMIT": "4/minute",
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
     }
-    server = Server(FLASK_GUNICORN, env, tmp_path / "no-redis.log").start()
-    try:
+    with Server(FLASK_GUNICORN, env, tmp_path / "no-redis.log") as server:
         script = upstream.script(Text("ok"), Done())
         response = call(server, "/completionChat", script.marker)
         assert response[0] == 503, response[2]
         assert error_of(response)["type"] == "rate_limiter_unavailable"
         assert script.requests == []
-    finally:
-        server.stop()
 
 
 def test_streams_still_parse_with_every_rule_on(
@@ -343,8 +334,7 @@ def test_django_refuses_anonymous_users_when_sign_in_is_required(
         **pool.env("plain"),
         "DJANGO_STREAM_AUTHORIZE": "django_project.access.signed_in",
     }
-    server = Server(DJANGO_GUNICORN, env, tmp_path / "signed-in.log").start()
-    try:
+    with Server(DJANGO_GUNICORN, env, tmp_path / "signed-in.log") as server:
         script = upstream.script(Text("never"), Done())
         for path in STREAM_ROUTES:
             response = call(server, path, script.marker)
@@ -352,8 +342,6 @@ def test_django_refuses_anonymous_users_when_sign_in_is_required(
             assert error_of(response)["type"] == "unauthorized"
         assert script.requests == []
         assert server.request("GET", "/")[0] == 200
-    finally:
-        server.stop()
 
 
 @pytest.mark.django_db
@@ -392,11 +380,8 @@ def test_no_django_error_page_shows_the_key(
         "DJANGO_DEBUG": debug,
         "DJANGO_STREAM_AUTHORIZE": "tests.django_hooks.fail_holding_the_key",
     }
-    server = Server(DJANGO_GUNICORN, env, tmp_path / "debug.log").start()
-    try:
+    with Server(DJANGO_GUNICORN, env, tmp_path / "debug.log") as server:
         status, headers, body = get_chat(server, "hi")
-    finally:
-        server.stop()
     assert status == 500
     if debug:  # the debug page, with its traceback, but no key
         assert b"InvalidURL" in body and b"fail_holding_the_key" in body
@@ -415,8 +400,7 @@ def test_the_sdk_retries_are_configurable(
 ) -> None:
     """Retried before the first byte: 3 attempts by default, 1 with no retries."""
     env = {**pool.env("plain"), "STREAM_UPSTREAM_MAX_RETRIES": "0"}
-    no_retries = Server(FLASK_GUNICORN, env, tmp_path / "no-retries.log").start()
-    try:
+    with Server(FLASK_GUNICORN, env, tmp_path / "no-retries.log") as no_retries:
         for server, attempts in ((pool.get(FLASK_GUNICORN), 3), (no_retries, 1)):
             # retry-after-ms keeps the SDK's back-off short
             script = upstream.script(
@@ -424,8 +408,6 @@ def test_the_sdk_retries_are_configurable(
             )
             assert get_chat(server, f"hi {script.marker}")[0] == 502
             assert len(script.requests) == attempts
-    finally:
-        no_retries.stop()
 
 
 def test_flask_applies_its_authorize_hook_to_every_streaming_route() -> None:

@@ -166,11 +166,8 @@ def probed(
     probe_port = free_port()
     env = _env(upstream, GUNICORN_PROBE_PORT=str(probe_port))
     log = tmp_path_factory.mktemp("faults") / f"{kind.name}.log"
-    server = Server(kind, env, log).start()
-    try:
+    with Server(kind, env, log) as server:
         yield server, probe_port
-    finally:
-        server.stop()
 
 
 async def _leave(port: int, request: bytes, mode: str, rng: random.Random) -> None:
