@@ -28,6 +28,10 @@ from tests.servers import (
 FAKE_API_KEY = f"sk-test-{uuid.uuid4().hex}"
 KEEPALIVE_SECONDS = 0.5
 UPSTREAM_TIMEOUT_SECONDS = 2.0
+# For the crowd configurations: a thousand streams opening at once can keep a worker
+# on a busy 2-core machine from its sockets for longer than the 2 s above, and their
+# test is about concurrency, not about timeouts.
+CROWD_UPSTREAM_TIMEOUT_SECONDS = 30.0
 CORS_ORIGIN = "http://allowed.example"
 # Low enough that a too-long prompt still fits in a URL (gunicorn refuses lines
 # over 4094 bytes with its own 414).
@@ -79,7 +83,9 @@ class ServerPool:
         if config == "refused":  # nothing listens there
             env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
             return env
-        upstream = self._upstreams["tls" if config == "tls" else "plain"]
+        if config.endswith("crowd"):  # "crowd" and "tls-crowd"
+            env["STREAM_UPSTREAM_TIMEOUT_SECONDS"] = str(CROWD_UPSTREAM_TIMEOUT_SECONDS)
+        upstream = self._upstreams["tls" if config.startswith("tls") else "plain"]
         env["OPENAI_BASE_URL"] = upstream.base_url
         env.update(ACCESS_CONFIGS.get(config, {}))
         if config == "no-key":  # a local server that needs none

@@ -185,10 +185,10 @@ def test_sequential_streams_reuse_upstream_connections(
 @pytest.mark.parametrize(
     ("kind", "config", "streams"),
     [
-        (FLASK_GUNICORN, "plain", 1000),
-        (DJANGO_GUNICORN, "plain", 1000),
-        (FLASK_GUNICORN, "tls", 200),
-        (DJANGO_GUNICORN, "tls", 200),
+        (FLASK_GUNICORN, "crowd", 1000),
+        (DJANGO_GUNICORN, "crowd", 1000),
+        (FLASK_GUNICORN, "tls-crowd", 200),
+        (DJANGO_GUNICORN, "tls-crowd", 200),
     ],
     ids=[
         "flask-gunicorn",
@@ -208,10 +208,10 @@ def test_one_gevent_worker_serves_many_concurrent_streams(
     """The contract's 1,000 streams per worker (200 over TLS: the fake's handshakes
     are the bottleneck there), every one with the exact bytes."""
     server = pool.get(kind, config)
-    fake = tls_upstream if config == "tls" else upstream
+    fake = tls_upstream if config == "tls-crowd" else upstream
     # Paced like a model, but slowly: the point is a thousand streams open at once,
     # not throughput (which `make bench` measures); 20k chunks/s would saturate the
-    # worker and trip the tests' short upstream read timeout.
+    # worker.
     deltas = [f"word{i} " for i in range(8)] + ["multi\nline 🎉"]
     steps = []
     for delta in deltas:
