@@ -85,7 +85,7 @@ class ServerPool:
             return env
         if config.endswith("crowd"):  # "crowd" and "tls-crowd"
             env["STREAM_UPSTREAM_TIMEOUT_SECONDS"] = str(CROWD_UPSTREAM_TIMEOUT_SECONDS)
-        upstream = self._upstreams["tls" if config.startswith("tls") else "plain"]
+        upstream = self.upstream(config)
         env["OPENAI_BASE_URL"] = upstream.base_url
         env.update(ACCESS_CONFIGS.get(config, {}))
         if config == "no-key":  # a local server that needs none
@@ -95,6 +95,10 @@ class ServerPool:
         if config == "responses":
             env["OPENAI_CHAT_API"] = "responses"
         return env
+
+    def upstream(self, config: str) -> FakeUpstream:
+        """The fake upstream that servers in ``config`` talk to."""
+        return self._upstreams["tls" if config.startswith("tls") else "plain"]
 
     def all(self) -> list[Server]:
         return list(self._servers.values())

@@ -199,8 +199,6 @@ def test_sequential_streams_reuse_upstream_connections(
 )
 def test_one_gevent_worker_serves_many_concurrent_streams(
     pool: ServerPool,
-    upstream: FakeUpstream,
-    tls_upstream: FakeUpstream,
     kind: ServerKind,
     config: str,
     streams: int,
@@ -208,7 +206,7 @@ def test_one_gevent_worker_serves_many_concurrent_streams(
     """The contract's 1,000 streams per worker (200 over TLS: the fake's handshakes
     are the bottleneck there), every one with the exact bytes."""
     server = pool.get(kind, config)
-    fake = tls_upstream if config == "tls-crowd" else upstream
+    fake = pool.upstream(config)
     # Paced like a model, but slowly: the point is a thousand streams open at once,
     # not throughput (which `make bench` measures); 20k chunks/s would saturate the
     # worker.
