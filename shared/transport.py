@@ -7,15 +7,30 @@ delivered, however many chunks that was, so a relay's work per read is shared by
 every event in it. Its pool also costs the same whatever the number of open
 streams (httpcore scans every connection on each request and each close).
 
-It sits under the SDK (``httpx2.Client(transport=...)``), so the SDK still builds
+It sits under the SDK as the client's default transport, so the SDK still builds
 the URL, authenticates, retries and maps errors. It speaks only what an OpenAI
 request needs: HTTP/1.1 over TCP or TLS, request bodies in memory, responses with a
-chunked, sized or close-delimited body. Proxies configured in the environment are
-still served by httpx's own transports.
+chunked, sized or close-delimited body. It never talks to a proxy: the origins that
+the environment sends through one (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
+less ``NO_PROXY``) get httpx2's own proxy transports (``shared.upstream``).
+
+Deliberate choices:
+
+- A request is sent again on a new connection only when its first write on a
+  pooled connection failed, so that no byte of it left, and only once. Once a byte
+  may have reached the upstream, any failure goes up to the SDK, whose retry policy
+  (``max_retries``) alone decides whether the upstream may get the prompt again.
+- An idle connection is reused for ``IDLE_SECONDS``, less than the 5 s after which
+  uvicorn (vLLM, LiteLLM) and Node close one: a request written just as the server
+  closes the connection would fail, and is not replayed.
+- A connection goes back to the pool only when the response said it may (HTTP/1.1
+  without ``Connection: close``, HTTP/1.0 with ``Connection: keep-alive``) and its
+  body ended exactly at the end of what was read.
 """
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import ssl
@@ -28,8 +43,10 @@ import httpx2
 
 READ_SIZE = 65536
 MAX_HEAD_BYTES = 65536
-IDLE_SECONDS = 5.0  # an idle connection older than this is closed, not reused
+IDLE_SECONDS = 4.0  # an idle connection older than this is closed, not reused
 MAX_IDLE_PER_ORIGIN = 100
+FIRST_WRITE_BYTES = 16384  # one TLS record: a first write that fails sent nothing
+_ILLEGAL_IN_HEADER = re.compile(rb"[\r\n\0]")
 
 Origin = tuple[str, str, int]
 
@@ -53,30 +70,22 @@ class LeanTransport(httpx2.BaseTransport):
         )
         timeouts = request.extensions.get("timeout", {})
         head = _request_head(request)
-        body = request.read()
-        while True:
-            reused = self._checkout(origin)
-            connection = reused or self._connect(origin, timeouts)
-            try:
-                connection.send(head + body, timeouts.get("write"))
-                status, headers = connection.read_head(timeouts.get("read"))
-                break
-            except (httpx2.RemoteProtocolError, httpx2.ReadError):
-                connection.close()
-                if reused is None:
-                    raise
-                # The server closed the idle connection meanwhile: use a new one.
-            except BaseException:
-                connection.close()
-                raise
-        no_body = request.method == "HEAD" or status in (204, 304)
+        connection = self._send(origin, head + request.read(), timeouts)
         read_timeout = timeouts.get("read")
-        stream = _Body(connection, headers, no_body, read_timeout, self, origin)
+        try:
+            version, status, headers = connection.read_head(read_timeout)
+        except BaseException:
+            connection.close()
+            raise
+        no_body = request.method == "HEAD" or status in (204, 304)
+        stream = _Body(
+            connection, version, headers, no_body, read_timeout, self, origin
+        )
         return httpx2.Response(
             status,
             headers=headers,
             stream=stream,
-            extensions={"http_version": b"HTTP/1.1", "network_stream": connection},
+            extensions={"http_version": version, "network_stream": connection},
         )
 
     def close(self) -> None:
@@ -85,6 +94,33 @@ class LeanTransport(httpx2.BaseTransport):
         for connections in idle.values():
             for _, connection in connections:
                 connection.close()
+
+    def _send(
+        self, origin: Origin, data: bytes, timeouts: dict[str, Any]
+    ) -> _Connection:
+        """A connection that has written ``data``: a pooled one, else a new one.
+
+        A pooled connection is given up for a new one only when its first write
+        failed: then no byte of the request left, and the upstream cannot have seen
+        it. Any other failure goes up to the SDK, which decides whether to retry.
+        """
+        pooled = self._checkout(origin)
+        if pooled is not None:
+            try:
+                pooled.send(data, timeouts.get("write"))
+                return pooled
+            except _NothingSent:
+                pooled.close()  # closed by the server since the check: a new one
+            except BaseException:
+                pooled.close()
+                raise
+        connection = self._connect(origin, timeouts)
+        try:
+            connection.send(data, timeouts.get("write"))
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _checkout(self, origin: Origin) -> _Connection | None:
         """An idle connection to ``origin`` that is still usable, if there is one."""
@@ -132,8 +168,32 @@ def _chunk_size(line: bytes) -> int:
 def _request_head(request: httpx2.Request) -> bytes:
     target = request.url.raw_path
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), target)]
-    lines += [b"%s: %s" % (name, value) for name, value in request.headers.raw]
+    for name, value in request.headers.raw:
+        _check_header(name, value)
+        lines.append(b"%s: %s" % (name, value))
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    """Refuse a line break or NUL, which would end the header early on the wire.
+
+    The message never quotes the value: it may be the API key (one read from a file
+    often ends with a newline).
+    """
+    if _ILLEGAL_IN_HEADER.search(name):
+        raise httpx2.LocalProtocolError(
+            f"Illegal header name {name!r}: remove its CR, LF or NUL characters."
+        )
+    if _ILLEGAL_IN_HEADER.search(value):
+        raise httpx2.LocalProtocolError(
+            f"Illegal value for the header {name.decode('latin-1')!r}: it holds a CR,"
+            " LF or NUL character; remove it (a key read from a file often ends with"
+            " a newline)."
+        )
+
+
+class _NothingSent(httpx2.WriteError):
+    """The first write of a request failed: not one byte of it left."""
 
 
 class _Connection:
@@ -153,13 +213,21 @@ class _Connection:
         return not poller.poll(0)
 
     def send(self, data: bytes, timeout: float | None) -> None:
+        """Write ``data``; :class:`_NothingSent` when the very first write failed."""
         self.sock.settimeout(timeout)
+        view = memoryview(data)
         try:
-            self.sock.sendall(data)
+            sent = self.sock.send(view[:FIRST_WRITE_BYTES])
         except TimeoutError as exc:
             raise httpx2.WriteTimeout(str(exc)) from exc
-        except OSError as exc:  # e.g. reset: the pooled connection had gone stale
-            raise httpx2.RemoteProtocolError(str(exc)) from exc
+        except OSError as exc:  # e.g. reset: a pooled connection had gone stale
+            raise _NothingSent(str(exc)) from exc
+        try:
+            self.sock.sendall(view[sent:])
+        except TimeoutError as exc:
+            raise httpx2.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpx2.WriteError(str(exc)) from exc
 
     def recv(self, timeout: float | None) -> bytes:
         self.sock.settimeout(timeout)
@@ -170,8 +238,10 @@ class _Connection:
         except OSError as exc:
             raise httpx2.ReadError(str(exc)) from exc
 
-    def read_head(self, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """The status and headers of the response (1xx answers skipped)."""
+    def read_head(
+        self, timeout: float | None
+    ) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
+        """The HTTP version, status and headers of the response (1xx skipped)."""
         while True:
             end = self.buffer.find(b"\r\n\r\n")
             while end < 0:
@@ -202,7 +272,7 @@ class _Connection:
                 if not colon:
                     raise httpx2.RemoteProtocolError("Bad header line")
                 headers.append((name.strip(), value.strip()))
-            return status, headers
+            return parts[0], status, headers
 
     def close(self) -> None:
         try:
@@ -218,6 +288,7 @@ class _Body(httpx2.SyncByteStream):
     def __init__(
         self,
         connection: _Connection,
+        version: bytes,
         headers: list[tuple[bytes, bytes]],
         no_body: bool,
         timeout: float | None,
@@ -228,7 +299,12 @@ class _Body(httpx2.SyncByteStream):
         self._connection: _Connection | None = connection
         self._timeout = timeout
         self._pool, self._origin = pool, origin
-        self._keep_alive = b"close" not in fields.get(b"connection", b"")
+        options = {o.strip() for o in fields.get(b"connection", b"").split(b",")}
+        self._keep_alive = (
+            b"keep-alive" in options  # HTTP/1.0 closes unless asked not to
+            if version == b"HTTP/1.0"
+            else b"close" not in options
+        )
         self._chunked = b"chunked" in fields.get(b"transfer-encoding", b"")
         length = fields.get(b"content-length")
         self._length = (
@@ -246,7 +322,7 @@ class _Body(httpx2.SyncByteStream):
         else:
             yield from self._sized(connection)
         self._connection = None
-        if self._keep_alive:
+        if self._keep_alive and not connection.buffer:  # bytes past the end: garbage
             self._pool._checkin(self._origin, connection)
         else:
             connection.close()

@@ -2,21 +2,25 @@
 
 Through the SDK and real servers the transport is covered by every contract test;
 here are the wire-level cases a well-behaved fake never produces: chunks split
-anywhere, chunk extensions and trailers, sized and close-delimited bodies, a pooled
-connection the server closed meanwhile, timeouts.
+anywhere, chunk extensions and trailers, sized and close-delimited bodies, HTTP/1.0,
+bytes after a body's end, a pooled connection the server closed meanwhile, a server
+that reads a request and hangs up, headers that would break the request, timeouts.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import httpx2
 import pytest
 
+from shared import transport
 from shared.transport import LeanTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -25,10 +29,14 @@ CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
 
 @dataclass
 class RawServer:
-    """Answers each request with the next scripted response: pieces written apart."""
+    """Answers each request with the next scripted response: pieces written apart.
 
-    responses: list[list[bytes]]
+    A response of ``None`` reads the request and closes the connection unanswered.
+    """
+
+    responses: list[list[bytes] | None]
     close_after: bool = False  # close each connection after one response
+    reset: bool = False  # close with a RST, not a FIN
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
 
@@ -65,10 +73,14 @@ class RawServer:
                     pending += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + pending[:length])
                 pending = pending[length:]
-                for piece in self.responses.pop(0):
+                response = self.responses.pop(0)
+                for piece in response or ():
                     conn.sendall(piece)
                     time.sleep(0.02)  # a separate read on the client side
-                if self.close_after:
+                if self.close_after or response is None:
+                    if self.reset:  # SO_LINGER on, 0 s: close() sends a RST
+                        linger = struct.pack("ii", 1, 0)
+                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
                     return
 
 
@@ -134,15 +146,83 @@ def test_a_body_closed_early_is_not_reused(client: httpx2.Client) -> None:
     assert server.connections == 2
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
 def test_a_pooled_connection_the_server_closed_is_replaced(
-    client: httpx2.Client,
+    client: httpx2.Client, reset: bool
 ) -> None:
     answer = [CHUNKED + b"2\r\nok\r\n0\r\n\r\n"]
-    server = RawServer([answer, answer], close_after=True)
+    server = RawServer([answer, answer], close_after=True, reset=reset)
     assert stream(client, server) == (200, [b"ok"])
     time.sleep(0.1)  # the server has closed the idle connection
     assert stream(client, server) == (200, [b"ok"])
     assert server.connections == 2
+
+
+def test_a_pooled_connection_reset_before_the_first_write_is_replaced_once(
+    client: httpx2.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reset came after the check at checkout: the write fails, nothing left."""
+    answer = [CHUNKED + b"2\r\nok\r\n0\r\n\r\n"]
+    server = RawServer([answer, answer], close_after=True, reset=True)
+    assert stream(client, server) == (200, [b"ok"])
+    time.sleep(0.1)  # the server has reset the idle connection
+    monkeypatch.setattr(transport._Connection, "is_usable", lambda self: True)
+    assert stream(client, server) == (200, [b"ok"])
+    assert (server.connections, len(server.requests)) == (2, 2)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_a_request_that_went_out_is_not_sent_again_on_other_connections(
+    client: httpx2.Client, reset: bool
+) -> None:
+    """The upstream read it, then hung up: that is the SDK's to retry, or not."""
+    answer = [CHUNKED + b"2\r\nok\r\n0\r\n\r\n"]
+    server = RawServer([answer] * 3 + [None] * 5, reset=reset)
+    url = f"http://127.0.0.1:{server.port}/"
+    with ExitStack() as open_streams:  # three at once: three pooled connections
+        responses = [
+            open_streams.enter_context(client.stream("POST", url, content=b"{}"))
+            for _ in range(3)
+        ]
+        assert [b"".join(r.iter_raw()) for r in responses] == [b"ok"] * 3
+    with pytest.raises((httpx2.RemoteProtocolError, httpx2.ReadError)):
+        client.post(url, content=b"poison")
+    assert server.connections == 3
+    assert [r.endswith(b"poison") for r in server.requests] == [False] * 3 + [True]
+
+
+@pytest.mark.parametrize(
+    ("head", "pooled"),
+    [
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", False),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n",
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", True),
+    ],
+    ids=["1.0", "1.0-keep-alive", "1.1-close", "1.1"],
+)
+def test_a_connection_is_pooled_only_when_the_response_allows_it(
+    client: httpx2.Client, head: bytes, pooled: bool
+) -> None:
+    """HTTP/1.0 means close unless the server says keep-alive; 1.1, the reverse."""
+    server = RawServer([[head + b"ok"]] * 2)
+    for _ in range(2):
+        assert stream(client, server) == (200, [b"ok"])
+    assert server.connections == (1 if pooled else 2)
+
+
+def test_bytes_after_a_chunked_body_keep_its_connection_out_of_the_pool(
+    client: httpx2.Client,
+) -> None:
+    """A stray CRLF after the last chunk would be read as the next response's head."""
+    sloppy = [CHUNKED + b"2\r\nok\r\n0\r\n\r\n\r\n"]
+    server = RawServer([sloppy, sloppy, sloppy])
+    for _ in range(2):
+        assert stream(client, server) == (200, [b"ok"])
+    assert (server.connections, len(server.requests)) == (2, 2)
 
 
 def test_the_request_goes_out_whole(client: httpx2.Client) -> None:
@@ -174,3 +254,25 @@ def test_a_malformed_chunk_is_a_protocol_error(client: httpx2.Client) -> None:
     server = RawServer([[CHUNKED + b"zz\r\nnope\r\n"]])
     with pytest.raises(httpx2.RemoteProtocolError):
         stream(client, server)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer sk-secret-1234\n"},
+        {"Authorization": "Bearer sk-secret-1234\r\nX-Injected: 1"},
+        {"Authorization": "Bearer sk-secret\x001234"},
+        {"X-Bad\nName": "sk-secret-1234"},
+    ],
+    ids=["trailing-newline", "crlf", "nul", "name"],
+)
+def test_a_header_with_a_line_break_or_nul_is_refused_before_sending(
+    client: httpx2.Client, headers: dict[str, str]
+) -> None:
+    """As httpx2's own transport does, with a message that does not quote the key."""
+    server = RawServer([[HEAD + b"Content-Length: 0\r\n\r\n"]])
+    url = f"http://127.0.0.1:{server.port}/"
+    with pytest.raises(httpx2.LocalProtocolError) as refused:
+        client.post(url, content=b"{}", headers=headers)
+    assert "secret" not in str(refused.value) and "1234" not in str(refused.value)
+    assert server.connections == 0
