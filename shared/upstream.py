@@ -73,7 +73,7 @@ class Upstream:
             # Retries happen before the first byte only: the SDK retries a failed
             # request, never a stream that has started.
             max_retries=settings.upstream_max_retries,
-            http_client=openai.DefaultHttpxClient(transport=LeanTransport()),
+            http_client=LeanHttpClient(),
         )
 
     def chat(self, messages: Messages) -> Iterable[Any]:
@@ -116,6 +116,20 @@ class Upstream:
         """
         cap = self.settings.max_output_tokens
         return {} if cap is None else {name: cap}
+
+
+class LeanHttpClient(openai.DefaultHttpxClient):
+    """The SDK's default HTTP client, with ``LeanTransport`` for direct requests.
+
+    httpx2 makes proxy transports from the environment (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) only for a client given no
+    ``transport=``: so none is given, and the default transport it makes is replaced
+    instead. Origins sent through a proxy keep httpx2's own proxy transports, built
+    and matched by httpx2 exactly as for the SDK's default client.
+    """
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.BaseTransport:
+        return LeanTransport()
 
 
 def _raw_stream(create: Callable[..., Any], **params: Any) -> Iterable[Any]:

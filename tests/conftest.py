@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import PROXY_ONLY_HOST, FakeUpstream
+from tests.forward_proxy import ForwardProxy
 from tests.servers import (
     ALL_KINDS,
     DJANGO_GUNICORN,
@@ -50,13 +51,17 @@ ACCESS_CONFIGS = {
     },
     "rate-limited": {"STREAM_RATE_LIMIT": RATE_LIMIT},
 }
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 class ServerPool:
     """Starts each (kind, configuration) once and keeps it for the session."""
 
-    def __init__(self, upstreams: dict[str, FakeUpstream], log_dir: Path) -> None:
+    def __init__(
+        self, upstreams: dict[str, FakeUpstream], proxy: ForwardProxy, log_dir: Path
+    ) -> None:
         self._upstreams = upstreams
+        self._proxy = proxy
         self._log_dir = log_dir
         self._servers: dict[tuple[str, str], Server] = {}
 
@@ -94,6 +99,27 @@ class ServerPool:
             env["SSL_CERT_FILE"] = str(upstream.ca_file)
         if config == "responses":
             env["OPENAI_CHAT_API"] = "responses"
+        if config == "no-retries":
+            env["STREAM_UPSTREAM_MAX_RETRIES"] = "0"
+        if config.endswith("proxied"):  # "proxied" and "tls-proxied"
+            scheme = "https" if upstream.ca_file else "http"
+            env["OPENAI_BASE_URL"] = f"{scheme}://{PROXY_ONLY_HOST}/v1"
+        return env | self._proxy_env(config)
+
+    def _proxy_env(self, config: str) -> dict[str, str]:
+        """The proxy variables of ``config``, each in both cases, the others empty
+        (urllib lets a lower-case variable override its upper-case form)."""
+        proxy = self._proxy.url
+        wanted = {
+            "proxied": {"http_proxy": proxy},
+            "tls-proxied": {"https_proxy": proxy},
+            "no-proxy": {"http_proxy": proxy, "no_proxy": "127.0.0.1"},
+        }.get(config)
+        if wanted is None:
+            return {}
+        env: dict[str, str] = {}
+        for name in PROXY_VARIABLES:
+            env[name] = env[name.upper()] = wanted.get(name, "")
         return env
 
     def upstream(self, config: str) -> FakeUpstream:
@@ -121,13 +147,23 @@ def tls_upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
+def proxy(upstream: FakeUpstream, tls_upstream: FakeUpstream) -> Iterator[ForwardProxy]:
+    """A forward proxy to the fake upstreams (plain requests and CONNECT tunnels)."""
+    with ForwardProxy(upstream.port, tls_upstream.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
 def pool(
     upstream: FakeUpstream,
     tls_upstream: FakeUpstream,
+    proxy: ForwardProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerPool]:
     pool = ServerPool(
-        {"plain": upstream, "tls": tls_upstream}, tmp_path_factory.mktemp("server-logs")
+        {"plain": upstream, "tls": tls_upstream},
+        proxy,
+        tmp_path_factory.mktemp("server-logs"),
     )
     yield pool
     pool.stop()

@@ -37,6 +37,9 @@ ENDPOINTS = {
     "/v1/responses": "responses",
 }
 _marker_ids = itertools.count(1)  # process-wide, so markers never collide
+# A name that never resolves, in the TLS certificate too: only a proxy that sends
+# every request to the fake (``tests.forward_proxy``) reaches it.
+PROXY_ONLY_HOST = "upstream.proxy-test.invalid"
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class Script:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: Any = None
     headers_delay: float = 0.0
+    unanswered: Hangup | Abort | None = None  # close this way, without an answer
     requests: list[RecordedRequest] = field(default_factory=list)
     # Played instead for the next request with this marker (the SDK's retry); the
     # last script of the chain answers every request after that.
@@ -342,6 +346,12 @@ class _Handler(BaseHTTPRequestHandler):
         marker, now = script.marker or None, time.monotonic()
         rec = RecordedRequest(self.command, path, headers, payload, marker, now)
         script = fake._record(rec, script)  # the retry's script, if it has its own
+        if isinstance(script.unanswered, Abort):  # crashed on the request: a RST
+            self._abort()
+            return
+        if isinstance(script.unanswered, Hangup):  # gave up on it: a FIN
+            self._hangup()
+            return
         kind = ENDPOINTS.get(path) if self.command == "POST" else None
         params = payload if isinstance(payload, dict) else {}
         enc = _Encoder(kind or "chat", str(params.get("model", "fake-model")))
@@ -569,12 +579,13 @@ class FakeUpstream:
         if tls:
             ca = trustme.CA()
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+            cert = ca.issue_cert("127.0.0.1", "localhost", PROXY_ONLY_HOST)
+            cert.configure_cert(context)
             self._tmp = tempfile.TemporaryDirectory(prefix="fake-upstream-")
             self.ca_file = str(Path(self._tmp.name) / "ca.pem")
             ca.cert_pem.write_to_path(self.ca_file)
         self._server = _Server(self, context)
-        port = self._server.server_address[1]
+        self.port = port = self._server.server_address[1]
         self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1"
         self._thread = threading.Thread(
             target=self._serve, daemon=True, name=f"fake-upstream-{port}"
@@ -589,16 +600,25 @@ class FakeUpstream:
         body: Any = None,
         headers_delay: float = 0.0,
         then: Script | None = None,
+        unanswered: Hangup | Abort | None = None,
     ) -> Script:
         """Register steps (or, with ``status != 200``, an error ``body``).
 
         ``headers_delay`` holds back even the status line: an upstream that hangs
         before its first byte. ``then`` answers the next request with this marker
-        (e.g. a 503 ``then`` a stream: the retry succeeds).
+        (e.g. a 503 ``then`` a stream: the retry succeeds). ``unanswered`` reads
+        each request, then closes the connection that way without a byte of answer.
         """
         marker = f"[[fake-{next(_marker_ids)}]]"
         script = Script(
-            self._cond, marker, steps, status, dict(headers or {}), body, headers_delay
+            self._cond,
+            marker,
+            steps,
+            status,
+            dict(headers or {}),
+            body,
+            headers_delay,
+            unanswered,
         )
         script.then = then
         with self._cond:

@@ -234,8 +234,7 @@ def test_the_request_goes_out_whole(client: httpx2.Client) -> None:
 
 
 def test_a_silent_server_is_a_read_timeout(client: httpx2.Client) -> None:
-    server = RawServer([[CHUNKED, b"2\r\nok\r\n"], []])
-    server.responses[0].append(b"")  # then silence
+    server = RawServer([[CHUNKED, b"2\r\nok\r\n", b""], []])  # then silence
     with pytest.raises(httpx2.ReadTimeout):
         url = f"http://127.0.0.1:{server.port}/"
         with client.stream("POST", url, content=b"{}", timeout=0.3) as response:

@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -197,6 +198,42 @@ def test_output_is_never_replayed_after_a_failure(
         time.sleep(0.05)
     assert [len(s.requests) for s in scripts] == [1] * len(scripts)
     assert not replay.requests
+
+
+def warm_the_pool(server: Server, upstream: FakeUpstream, streams: int = 4) -> None:
+    """Leave several pooled upstream connections: streams that overlap in time."""
+    script = upstream.script(Text("warm"), Sleep(0.3), Done())
+    with ThreadPoolExecutor(streams) as executor:
+        prompts = [f"x {script.marker}"] * streams
+        answers = list(executor.map(lambda p: ask(server, SSE, p), prompts))
+    assert [a.status for a in answers] == [200] * streams
+
+
+@pytest.mark.parametrize("unanswered", [Hangup(), Abort()], ids=["fin", "rst"])
+@pytest.mark.parametrize(
+    ("config", "copies"),
+    [("no-retries", 1), ("plain", 3)],
+    ids=["max-retries-0", "max-retries-2"],
+)
+@pytest.mark.parametrize("kind", APPS)
+def test_a_request_the_upstream_hung_up_on_is_sent_again_only_by_the_sdk(
+    pool: ServerPool,
+    upstream: FakeUpstream,
+    kind: ServerKind,
+    config: str,
+    copies: int,
+    unanswered: Hangup | Abort,
+) -> None:
+    """The upstream read the prompt, then closed: 1 + STREAM_UPSTREAM_MAX_RETRIES
+    copies in all, however many pooled connections there were to try."""
+    server = pool.get(kind, config)
+    warm_the_pool(server, upstream)
+    script = upstream.script(unanswered=unanswered)
+    answer = ask(server, SSE, f"x {script.marker}")
+    assert answer.status == 502, answer
+    assert json.loads(answer.body)["error"]["type"] == "upstream_connection_error"
+    time.sleep(0.5)  # the copies are all in before the answer; none trails it
+    assert len(script.requests) == copies
 
 
 # --- The key -----------------------------------------------------------------------
