@@ -128,6 +128,8 @@ class LeanHttpClient(openai.DefaultHttpxClient):
     and matched by httpx2 exactly as for the SDK's default client.
     """
 
+    # httpx2.Client's hook for its default transport (private: if it were renamed,
+    # tests/test_proxies.py would see direct requests miss LeanTransport).
     def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.BaseTransport:
         return LeanTransport()
 

@@ -1,4 +1,5 @@
-"""Fixtures: fake upstreams (plain and TLS) and the apps as real server processes.
+"""Fixtures: fake upstreams (plain and TLS), a forward proxy to them, and the apps as
+real server processes.
 
 Every server configuration is started once per session, on first use, and stopped
 by its PID when the session ends. Contract tests take the ``server`` fixture, which
