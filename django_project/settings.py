@@ -71,8 +71,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    # Before staticfiles, whose runserver command it extends.
     "django_project.apps.StreamConfig",
+    "django.contrib.staticfiles",
 ]
 
 MIDDLEWARE = [
