@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
+NGINX := /usr/sbin/nginx
 BENCH_STAMP := $(VENV)/.installed-bench
 EXPRESS := bench/express
 BENCH_ARGS ?=
@@ -34,6 +35,11 @@ $(REDIS):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
 
+# The README's nginx block is tested as written, in front of the apps, by a real nginx.
+$(NGINX):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+
 run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
 
@@ -47,7 +53,7 @@ dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
 dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-test: $(STAMP) $(CHROMIUM) $(REDIS) ## Run the whole test suite (starts every server mode once)
+test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) ## Lint, format check and type check

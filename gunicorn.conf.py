@@ -20,7 +20,12 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-worker_class = "gevent"
+# gunicorn's gevent worker, whose own error answers (414, 431, 400) are JSON too.
+worker_class = "shared.gunicorn_worker.JsonErrorGeventWorker"
+# gunicorn's highest limit (the default is 4094 bytes): a GET's ?prompt= of a few
+# thousand characters fits. Longer prompts go in a POST body; 0 (no limit) would let
+# one request line grow without bound.
+limit_request_line = 8190
 # One gevent worker uses one core; start one per core.
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 # Each open stream holds one connection; the contract promises 1,000 per worker.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
 from shared.config import Settings
@@ -32,14 +33,47 @@ ALLOWED_HOSTS = os.environ.get(
     "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"
 ).split(",")
 
+
+def _flag(name: str) -> bool:
+    """``1`` or ``0`` (or unset): a typo must not silently leave a flag off."""
+    value = os.environ.get(name, "0").strip()
+    if value not in {"0", "1", ""}:
+        raise ImproperlyConfigured(f"Set {name} to 1 or 0, got {value!r}.")
+    return value == "1"
+
+
+def _origins(name: str) -> list[str]:
+    """A comma-separated list of origins, each with its scheme, spaces trimmed."""
+    origins = [o.strip() for o in os.environ.get(name, "").split(",") if o.strip()]
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")):
+            raise ImproperlyConfigured(
+                f"{name}: write each origin with its scheme, e.g. "
+                f"'https://chat.example.com', got {origin!r}."
+            )
+    return origins
+
+
+# Behind a proxy that terminates TLS (the README's nginx block), Django sees http:
+# its CSRF check then refuses the browser's https Origin, and admin logins fail.
+# This trusts the proxy's X-Forwarded-Proto (the proxy must set it, overwriting the
+# client's) and marks the session and CSRF cookies Secure, as the site is https.
+BEHIND_TLS_PROXY = _flag("DJANGO_BEHIND_TLS_PROXY")
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = BEHIND_TLS_PROXY
+# Origins of forms that post here, when a proxy changes the Host the app sees.
+CSRF_TRUSTED_ORIGINS = _origins("DJANGO_CSRF_TRUSTED_ORIGINS")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    # Before staticfiles, whose runserver command it extends.
     "django_project.apps.StreamConfig",
+    "django.contrib.staticfiles",
 ]
 
 MIDDLEWARE = [

@@ -35,8 +35,8 @@ UPSTREAM_TIMEOUT_SECONDS = 2.0
 # test is about concurrency, not about timeouts.
 CROWD_UPSTREAM_TIMEOUT_SECONDS = 30.0
 CORS_ORIGIN = "http://allowed.example"
-# Low enough that a too-long prompt still fits in a URL (gunicorn refuses lines
-# over 4094 bytes with its own 414).
+# Low enough that a too-long prompt still fits in a URL (gunicorn refuses request
+# lines over 8190 bytes with a 414).
 MAX_PROMPT_CHARS = 2000
 GRACE = {"GRACEFUL_TIMEOUT": "3"}  # gunicorn's wait for open streams at the end
 ACCESS_TOKEN = f"token-{uuid.uuid4().hex}"

@@ -440,11 +440,6 @@ def test_failure_before_any_output_gets_a_502_status(
 
 
 def test_raw_text_failure_cuts_the_body_off(server: Server, fake: FakeUpstream) -> None:
-    if server.kind.name == "django-runserver":
-        pytest.skip(
-            "runserver (wsgiref) sends bodies without chunked encoding, ended by "
-            "closing the connection: a cut-off body can't be told from a whole one"
-        )
     import http.client
 
     script = fake.script(Text("partial "), Sleep(0.3), Abort())

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+from typing import Any
+
 import pytest
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
+
+SETTINGS_FILE = Path(__file__).resolve().parent.parent / "django_project/settings.py"
+TLS_PROXY_VARIABLES = ("DJANGO_BEHIND_TLS_PROXY", "DJANGO_CSRF_TRUSTED_ORIGINS")
 
 
 def test_no_middleware_buffers_or_compresses_the_stream() -> None:
@@ -36,3 +44,52 @@ def test_the_settings_object_never_shows_the_key() -> None:
 
     shown = repr(Settings.from_env({"OPENAI_API_KEY": "sk-never-shown"}))
     assert "sk-never-shown" not in shown
+
+
+def settings_from(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, Any]:
+    """The settings module run anew with ``env``: Django's own stay as they are."""
+    for name in TLS_PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(SETTINGS_FILE))
+
+
+def test_plain_http_by_default_so_make_run_django_keeps_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = settings_from(monkeypatch)
+    assert "SECURE_PROXY_SSL_HEADER" not in values
+    assert values["SESSION_COOKIE_SECURE"] is values["CSRF_COOKIE_SECURE"] is False
+    assert values["CSRF_TRUSTED_ORIGINS"] == []
+
+
+def test_behind_a_tls_proxy_the_forwarded_scheme_is_trusted_and_cookies_secure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = settings_from(
+        monkeypatch,
+        DJANGO_BEHIND_TLS_PROXY="1",
+        DJANGO_CSRF_TRUSTED_ORIGINS=" https://chat.example.com, http://a.test:8443 ,",
+    )
+    assert values["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert values["SESSION_COOKIE_SECURE"] is values["CSRF_COOKIE_SECURE"] is True
+    assert values["CSRF_TRUSTED_ORIGINS"] == [
+        "https://chat.example.com",
+        "http://a.test:8443",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "quoted"),
+    [
+        ("DJANGO_BEHIND_TLS_PROXY", "yes", "'yes'"),
+        ("DJANGO_CSRF_TRUSTED_ORIGINS", "https://a.test, chat.example.com", "'chat"),
+    ],
+)
+def test_a_bad_proxy_setting_stops_the_server_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, quoted: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match=name) as caught:
+        settings_from(monkeypatch, **{name: value})
+    assert quoted in str(caught.value)

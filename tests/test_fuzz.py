@@ -82,7 +82,7 @@ FUZZ = settings(
     print_blob=True,
 )
 READ_TIMEOUT_SECONDS = 10.0
-# gunicorn refuses request lines over 4094 bytes with its own 414: stay under.
+# gunicorn refuses request lines over 8190 bytes with a 414: stay well under.
 MAX_TARGET_BYTES = 3900
 SECURITY_HEADER = ("X-Frame-Options", "DENY")  # one of shared.guard.SECURITY_HEADERS
 # What no response body may show: a traceback, or the name of a Python exception.
