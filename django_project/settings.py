@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.core.management.utils import get_random_secret_key
 
-from shared.config import Settings
+from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -28,9 +28,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or get_random_secret_key()
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 # Error pages and reports hide the key, in debug too (see django_project/debug.py).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "django_project.debug.KeyHidingFilter"
-ALLOWED_HOSTS = os.environ.get(
-    "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"
-).split(",")
+ALLOWED_HOSTS = comma_list(os.environ, "DJANGO_ALLOWED_HOSTS", DEFAULT_ALLOWED_HOSTS)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
