@@ -557,3 +557,40 @@ def test_flask_applies_its_authorize_hook_to_every_streaming_route() -> None:
                 }
             response.close()
         assert client.get("/healthz").status_code == 200
+
+
+# --- Host names (FLASK_TRUSTED_HOSTS) ------------------------------------------
+
+
+HOSTS = [
+    "localhost", "LOCALHOST:8000", "127.0.0.1:80", "[::1]:5000", "[::1]", "[::2]",
+    "localhost.", "chat.example.com", "a.chat.example.com", "evilchat.example.com",
+    "rebind.attacker.example:8000", "x y", "localhost:abc", "", "[::1", "ex\u00e4mple",
+]  # fmt: skip
+ALLOWED = [
+    ["127.0.0.1", "localhost", "[::1]"],
+    [".chat.example.com"],
+    ["*"],
+    ["CHAT.example.com"],
+    [],
+]
+
+
+@pytest.mark.parametrize("allowed", ALLOWED, ids=lambda hosts: ",".join(hosts))
+def test_the_flask_host_rules_are_djangos(allowed: list[str]) -> None:
+    """The Flask app's host check refuses exactly what Django's ALLOWED_HOSTS does."""
+    from django.http.request import split_domain_port, validate_host
+
+    from shared.guard import check_host
+    from shared.streaming import StreamError
+
+    for host in HOSTS:
+        domain, _ = split_domain_port(host)
+        django_allows = bool(domain) and validate_host(domain, allowed)
+        try:
+            check_host({"HTTP_HOST": host}, allowed)
+        except StreamError as error:
+            assert error.status == 400
+            assert not django_allows, host
+        else:
+            assert django_allows, host

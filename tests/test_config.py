@@ -52,7 +52,7 @@ BAD_HEADER_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("value", NOT_NUMBERS)
+@pytest.mark.parametrize("value", NOT_NUMBERS, ids=lambda value: value[:12])
 @pytest.mark.parametrize("name", NUMERIC)
 def test_a_numeric_setting_that_is_not_a_finite_number_is_refused(
     name: str, value: str
@@ -88,7 +88,7 @@ def test_numbers_within_their_bounds_are_read() -> None:
     assert settings.upstream_max_retries == 0
 
 
-@pytest.mark.parametrize("value", BAD_HEADER_VALUES)
+@pytest.mark.parametrize("value", BAD_HEADER_VALUES, ids=ascii)
 @pytest.mark.parametrize("name", HEADER_VALUED)
 def test_a_header_value_that_cannot_be_sent_is_refused_unshown(
     name: str, value: str
