@@ -13,7 +13,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
-from shared.config import Settings
+from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,9 +29,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or get_random_secret_key()
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 # Error pages and reports hide the key, in debug too (see django_project/debug.py).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "django_project.debug.KeyHidingFilter"
-ALLOWED_HOSTS = os.environ.get(
-    "DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"
-).split(",")
+ALLOWED_HOSTS = comma_list(os.environ, "DJANGO_ALLOWED_HOSTS", DEFAULT_ALLOWED_HOSTS)
 
 
 def _flag(name: str) -> bool:
@@ -44,7 +42,7 @@ def _flag(name: str) -> bool:
 
 def _origins(name: str) -> list[str]:
     """A comma-separated list of origins, each with its scheme, spaces trimmed."""
-    origins = [o.strip() for o in os.environ.get(name, "").split(",") if o.strip()]
+    origins = comma_list(os.environ, name)
     for origin in origins:
         if not origin.startswith(("http://", "https://")):
             raise ImproperlyConfigured(

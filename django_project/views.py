@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -32,7 +33,7 @@ from shared.validation import (
     json_body,
     messages_from_json,
     prompt_from_query,
-    read_body,
+    request_body,
 )
 
 View = Callable[..., HttpResponseBase]  # URL parameters come as keyword arguments
@@ -75,6 +76,8 @@ def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
                     streaming=streaming,
                 )
                 if preflight is None:
+                    if streaming:
+                        _close_database_connections()
                     response = view(request, **url_args)
                 else:
                     response = HttpResponse(status=204, headers=preflight)
@@ -87,6 +90,20 @@ def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
         return guarded
 
     return decorator
+
+
+def _close_database_connections() -> None:
+    """Close the connections that the access check opened, before a stream starts.
+
+    ``STREAM_AUTHORIZE`` (e.g. ``signed_in``) reads the session and the user from
+    the database. Django closes connections on ``request_finished``, which fires
+    when the response is closed: for a stream, at its end. Under gevent each
+    request has its own connection, so a thousand open streams would hold a
+    thousand. One inside ``atomic()`` (``ATOMIC_REQUESTS``) is left to it.
+    """
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 def _set_headers(response: HttpResponseBase, headers: dict[str, str]) -> None:
@@ -104,8 +121,13 @@ def _sse(request: HttpRequest, chunks: Any) -> StreamingHttpResponse:
 
 
 def _json(request: HttpRequest) -> dict[str, Any]:
-    body = read_body(request.read, settings.STREAM_SETTINGS.max_body_bytes)
+    body = request_body(request.META, settings.STREAM_SETTINGS.max_body_bytes)
     return json_body(body, request.META.get("CONTENT_TYPE"))
+
+
+def _prompt(request: HttpRequest) -> str:
+    query = request.META.get("QUERY_STRING", "")
+    return prompt_from_query(query, settings.STREAM_SETTINGS.max_prompt_chars)
 
 
 @route("GET", streaming=False)
@@ -133,14 +155,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @route("GET")
 def completion(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
+    prompt = _prompt(request)
     return _sse(request, _upstream().complete(prompt))
 
 
 @route("GET")
 def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = prompt_from_query(request.GET, settings.STREAM_SETTINGS.max_prompt_chars)
+    prompt = _prompt(request)
     return _sse(request, _upstream().chat([{"role": "user", "content": prompt}]))
 
 

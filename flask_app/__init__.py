@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -9,8 +10,14 @@ from typing import Any
 from flask import Flask, Response
 
 from flask_app.views import bp
-from shared.config import Settings
-from shared.guard import SECURITY_HEADERS, Authorize, Guard
+from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
+from shared.guard import (
+    MAX_QUERY_FIELDS,
+    SECURITY_HEADERS,
+    Authorize,
+    Guard,
+    refuse_too_many_fields,
+)
 from shared.upstream import Upstream
 
 
@@ -26,10 +33,17 @@ def create_app(
     app = Flask(__name__)
     settings = (config or {}).get("STREAM_SETTINGS") or Settings.from_env()
     app.config["STREAM_SETTINGS"] = settings
+    # Host names it answers to, as Django's ALLOWED_HOSTS (see shared.guard).
+    app.config["ALLOWED_HOSTS"] = comma_list(
+        os.environ, "FLASK_TRUSTED_HOSTS", DEFAULT_ALLOWED_HOSTS
+    )
     app.extensions["upstream"] = Upstream(settings)
     app.extensions["stream_guard"] = Guard(settings, authorize)
     app.register_blueprint(bp)
     app.after_request(_add_security_headers)
+    app.wsgi_app = refuse_too_many_fields(  # type: ignore[method-assign]
+        app.wsgi_app, MAX_QUERY_FIELDS
+    )
     return app
 
 

@@ -14,7 +14,13 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.config import Settings
-from shared.guard import Guard, cors_headers, http_error, method_not_allowed
+from shared.guard import (
+    Guard,
+    check_host,
+    cors_headers,
+    http_error,
+    method_not_allowed,
+)
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -28,7 +34,7 @@ from shared.validation import (
     json_body,
     messages_from_json,
     prompt_from_query,
-    read_body,
+    request_body,
 )
 
 bp = Blueprint("stream", __name__)
@@ -82,6 +88,16 @@ def _error_response(error: StreamError) -> Response:
     return Response(
         error.body(), error.status, {**error.headers, "Content-Type": JSON_CONTENT_TYPE}
     )
+
+
+@bp.before_app_request
+def refuse_unknown_host() -> Response | None:
+    """A host outside ``FLASK_TRUSTED_HOSTS`` gets 400, as Django's ALLOWED_HOSTS."""
+    try:
+        check_host(request.environ, current_app.config["ALLOWED_HOSTS"])
+    except StreamError as error:
+        return _error_response(error)
+    return None
 
 
 @bp.app_errorhandler(HTTPException)
@@ -142,8 +158,13 @@ def _client_socket() -> Any:
 
 
 def _json() -> dict[str, Any]:
-    body = read_body(request.stream.read, _settings().max_body_bytes)
+    body = request_body(request.environ, _settings().max_body_bytes)
     return json_body(body, request.content_type)
+
+
+def _prompt() -> str:
+    query = request.environ.get("QUERY_STRING", "")
+    return prompt_from_query(query, _settings().max_prompt_chars)
 
 
 @route("/", "GET", streaming=False)
@@ -171,14 +192,14 @@ def healthz() -> Response:
 @route("/completion", "GET")
 def completion() -> Response:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = prompt_from_query(request.args, _settings().max_prompt_chars)
+    prompt = _prompt()
     return _sse(_upstream().complete(prompt))
 
 
 @route("/completionChat", "GET")
 def completion_chat() -> Response:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = prompt_from_query(request.args, _settings().max_prompt_chars)
+    prompt = _prompt()
     return _sse(_upstream().chat([{"role": "user", "content": prompt}]))
 
 

@@ -19,11 +19,13 @@ from its ``Content-Length`` alone, before it is read.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Collection
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from shared.config import Settings
+from shared.pages import JSON_CONTENT_TYPE
 from shared.ratelimit import RateLimiter
 from shared.streaming import StreamError
 from shared.validation import body_too_large
@@ -38,6 +40,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 PREFLIGHT_MAX_AGE_SECONDS = 600
+# Django's DATA_UPLOAD_MAX_NUMBER_FIELDS default; the Flask app keeps it too.
+MAX_QUERY_FIELDS = 1000
+# Django's host_validation_re: a name or IPv4 address, or an IPv6 one, then a port.
+_HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]+)?")
 
 
 class Headers(Protocol):
@@ -92,6 +98,55 @@ def check_site(headers: Headers, cors_origins: Collection[str]) -> None:
             "STREAM_CORS_ORIGINS to allow it.",
             "cross_site_request",
         )
+
+
+def check_host(environ: Mapping[str, Any], allowed_hosts: Collection[str]) -> None:
+    """Refuse a request for a host name the server doesn't answer to, with 400.
+
+    ``check_site`` trusts ``Host``: a page whose name its owner points at this
+    server (DNS rebinding) sends a matching ``Host`` and ``Origin``. Django's
+    ``ALLOWED_HOSTS`` rules, for the Flask app: port and case are ignored,
+    ``.example.com`` also allows its subdomains, ``*`` any valid name. Not
+    Werkzeug's ``TRUSTED_HOSTS``: it never matches ``[::1]``, nor ``LOCALHOST``.
+    """
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or ""
+    match = _HOST.fullmatch(host.lower())
+    name = match.group(1).removesuffix(".") if match else ""
+    if not name or not any(_host_matches(name, p.lower()) for p in allowed_hosts):
+        raise http_error(400)
+
+
+def _host_matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("."):
+        return name.endswith(pattern) or name == pattern[1:]
+    return pattern in ("*", name)
+
+
+def refuse_too_many_fields(application: Any, limit: int | None) -> Any:
+    """Wrap a WSGI app: a query string of over ``limit`` fields gets a 400 JSON error.
+
+    The same answer from both apps, before either parses the query. Django refuses
+    too many fields itself, but when the request's ``Content-Type`` names a
+    charset, building the request parses the query outside every handler, and the
+    server answers 500 with a traceback in its log (Django 5.2). The count is
+    ``parse_qsl``'s: one more than the ``&``.
+    """
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if limit is not None and environ.get("QUERY_STRING", "").count("&") >= limit:
+            body = http_error(400).body()
+            start_response(
+                "400 Bad Request",
+                [
+                    ("Content-Type", JSON_CONTENT_TYPE),
+                    ("Content-Length", str(len(body))),
+                    *SECURITY_HEADERS.items(),
+                ],
+            )
+            return [body]
+        return application(environ, start_response)  # type: ignore[no-any-return]
+
+    return guarded
 
 
 def _same_host(origin: str, host: str) -> bool:

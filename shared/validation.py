@@ -1,6 +1,7 @@
 """Turn query strings and JSON bodies into prompts and messages, or a 400/415.
 
-Both apps validate here so that the same bad request gets the same error bytes.
+Both apps validate here, from the raw WSGI environ rather than each framework's
+parsed request, so that the same request gets the same answer, bad or good.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from shared.streaming import StreamError
 
@@ -18,9 +20,90 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 Messages = list[dict[str, str]]
 
 
-def prompt_from_query(query: Mapping[str, str], max_chars: int) -> str:
-    """The ``?prompt=`` of a GET route."""
-    return _checked_prompt(query.get("prompt"), "prompt", max_chars)
+def prompt_from_query(query_string: str, max_chars: int) -> str:
+    """The ``?prompt=`` of a GET route, from the request's raw ``QUERY_STRING``.
+
+    A repeated ``prompt`` is refused: Werkzeug would take the first, Django the
+    last, and either may not be the one the client meant.
+    """
+    prompts = [value for name, value in query_fields(query_string) if name == "prompt"]
+    if len(prompts) > 1:
+        raise StreamError(400, f"Give one 'prompt', got {len(prompts)}.")
+    return _checked_prompt(prompts[0] if prompts else None, "prompt", max_chars)
+
+
+def query_fields(query_string: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs of a WSGI ``QUERY_STRING``, in order.
+
+    Bytes that are not UTF-8 (``%FF``) become U+FFFD, as Django and a browser's
+    ``URLSearchParams`` make them; Werkzeug would keep the text ``%FF``. WSGI
+    passes the query's bytes as Latin-1 characters.
+    """
+    fields = []
+    for pair in query_string.encode("latin-1").split(b"&"):
+        if pair:
+            name, _, value = pair.partition(b"=")
+            fields.append((_unquote(name), _unquote(value)))
+    return fields
+
+
+def _unquote(part: bytes) -> str:
+    return unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8", "replace")
+
+
+def request_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The body of a WSGI request, however it was framed; 413 past ``limit``.
+
+    A chunked body has no ``Content-Length``. gunicorn and Werkzeug's server
+    decode it and set ``wsgi.input_terminated``: the input is then read to its end
+    (Django alone would read nothing). A server that can't decode it
+    (``manage.py runserver``) gets 411. A body that ends before its
+    ``Content-Length`` is a 400, not a shorter body.
+    """
+    stream = environ["wsgi.input"]
+    if environ.get("wsgi.input_terminated"):
+        return read_body(stream.read, limit)
+    length = _content_length(environ)
+    if length is None:
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            raise StreamError(
+                411,
+                "Send the body with a Content-Length: this server can't read a "
+                "chunked body.",
+                "length_required",
+            )
+        return b""
+    if length > limit:
+        raise body_too_large(limit)
+    body = _read_exactly(stream.read, length)
+    if len(body) < length:
+        raise StreamError(
+            400, f"The body ended before its Content-Length of {length} bytes."
+        )
+    return body
+
+
+def _content_length(environ: Mapping[str, Any]) -> int | None:
+    length = str(environ.get("CONTENT_LENGTH") or "").strip()
+    # isascii: "²".isdigit() is true too (a server may pass such a header on).
+    return int(length) if length.isascii() and length.isdigit() else None
+
+
+def _read_exactly(read: Callable[[int], bytes], length: int) -> bytes:
+    """``length`` bytes, or fewer if the input ends first; never one more.
+
+    Under ``flask run`` the input is the connection itself: reading past the body
+    would wait for bytes that never come.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while size < length:
+        part = read(length - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def read_body(read: Callable[[int], bytes], limit: int) -> bytes:
@@ -118,8 +201,8 @@ def _well_formed(text: str) -> str:
 
     JSON can carry half a surrogate pair (``"\\ud83d"``, e.g. text cut in the middle
     of an emoji) and ``json.loads`` keeps it; the upstream request could not encode
-    it. A browser's ``fetch`` makes the same replacement, and so does a query string
-    decoded by either framework.
+    it. A browser's ``fetch`` makes the same replacement. A query string never holds
+    one: ``query_fields`` decodes an encoded surrogate to U+FFFD already.
     """
     return _SURROGATE.sub("\ufffd", text)
 

@@ -3,12 +3,18 @@ body caps. Both apps under gunicorn+gevent, as deployed."""
 
 from __future__ import annotations
 
+import http.client
+import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 import redis
@@ -21,8 +27,15 @@ from tests.conftest import (
     MAX_OUTPUT_TOKENS,
     ServerPool,
 )
-from tests.fake_upstream import Done, FakeUpstream, Text
-from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server, ServerKind, free_port
+from tests.fake_upstream import Done, FakeUpstream, Sleep, Text
+from tests.servers import (
+    DJANGO_GUNICORN,
+    FLASK_GUNICORN,
+    ROOT,
+    Server,
+    ServerKind,
+    free_port,
+)
 
 GUNICORN_KINDS = [
     pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
@@ -183,13 +196,12 @@ def test_a_body_at_the_limit_is_served_and_one_byte_more_is_413(
     assert len(script.requests) == 1
 
 
-def test_a_chunked_body_over_the_limit_is_413(pool: ServerPool) -> None:
-    """A chunked body has no length to check: reading stops one byte past the limit.
-
-    Flask only: Django reads no chunked request body at all (it takes
-    ``Content-Length`` as the body's length, 0 when absent).
-    """
-    server = pool.get(FLASK_GUNICORN, "guarded")
+@pytest.mark.parametrize("kind", GUNICORN_KINDS)
+def test_a_chunked_body_over_the_limit_is_413(
+    pool: ServerPool, kind: ServerKind
+) -> None:
+    """A chunked body has no length to check: reading stops one byte past the limit."""
+    server = pool.get(kind, "guarded")
     chunk = b"x" * 1024
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(
@@ -344,6 +356,113 @@ def test_django_refuses_anonymous_users_when_sign_in_is_required(
         assert server.request("GET", "/")[0] == 200
 
 
+def manage(env: dict[str, str], *args: str) -> None:
+    """Run a ``manage.py`` command with ``env``, as an operator would."""
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def cookie(headers: http.client.HTTPMessage, name: str) -> str:
+    for header in headers.get_all("Set-Cookie") or []:
+        jar: SimpleCookie = SimpleCookie(header)
+        if name in jar:
+            return jar[name].value
+    raise AssertionError(f"no {name} cookie in {headers}")
+
+
+def sign_in(server: Server, username: str, password: str) -> str:
+    """Sign in through the admin's login form, as a browser does; the session id."""
+    _, headers, page = server.request("GET", "/admin/login/")
+    found = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert found, page[:500]
+    form = {
+        "username": username,
+        "password": password,
+        "csrfmiddlewaretoken": found.group(1).decode(),
+        "next": "/admin/",
+    }
+    status, headers, body = server.request(
+        "POST",
+        "/admin/login/",
+        urlencode(form).encode(),
+        {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": f"csrftoken={cookie(headers, 'csrftoken')}",
+        },
+    )
+    assert status == 302, body[:500]
+    return cookie(headers, "sessionid")
+
+
+def files_open_in(pid: int) -> list[str]:
+    """What the process's descriptors point at (``/proc/PID/fd``)."""
+    targets = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:  # closed while listing
+            continue
+    return targets
+
+
+def test_a_signed_in_stream_holds_no_database_connection(
+    pool: ServerPool, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The session check's connection is closed before the stream, not at its end.
+
+    Under gevent each stream has its own connection: held to the end, a thousand
+    streams would hold a thousand. SQLite shows one as an open descriptor.
+    """
+    database = tmp_path / "db.sqlite3"
+    env = {
+        **pool.env("plain"),
+        "DJANGO_STREAM_AUTHORIZE": "django_project.access.signed_in",
+        "DJANGO_DATABASE_PATH": str(database),
+        "DJANGO_SECRET_KEY": "test-secret-key-for-this-run-only-0123456789",
+    }
+    manage(env, "migrate", "--noinput")
+    superuser = {**env, "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password"}
+    manage(
+        superuser,
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        "reader",
+        "--email",
+        "r@example.com",
+    )
+    with Server(DJANGO_GUNICORN, env, tmp_path / "db.log") as server:
+        session = sign_in(server, "reader", "a-long-test-password")
+        script = upstream.script(
+            Sleep(1.2), Text("late"), Done()
+        )  # under the 2 s timeout
+        conn = server.connection()
+        try:
+            conn.request(
+                "GET",
+                f"/completionChat?prompt={quote(script.marker)}",
+                headers={"Cookie": f"sessionid={session}"},
+            )
+            with conn.getresponse() as response:
+                assert response.status == 200  # signed in: the session was read
+                assert response.read(len(b": keep-alive\n\n")) == b": keep-alive\n\n"
+                held = [
+                    path
+                    for path in files_open_in(server.worker_pid())
+                    if path.startswith(str(database))
+                ]
+                assert held == [], "the stream holds a database connection"
+                assert texts(parse_sse(response.read())) == ["late"]
+        finally:
+            conn.close()
+
+
 @pytest.mark.django_db
 def test_django_serves_a_signed_in_user(
     client: Client, monkeypatch: pytest.MonkeyPatch
@@ -438,3 +557,40 @@ def test_flask_applies_its_authorize_hook_to_every_streaming_route() -> None:
                 }
             response.close()
         assert client.get("/healthz").status_code == 200
+
+
+# --- Host names (FLASK_TRUSTED_HOSTS) ------------------------------------------
+
+
+HOSTS = [
+    "localhost", "LOCALHOST:8000", "127.0.0.1:80", "[::1]:5000", "[::1]", "[::2]",
+    "localhost.", "chat.example.com", "a.chat.example.com", "evilchat.example.com",
+    "rebind.attacker.example:8000", "x y", "localhost:abc", "", "[::1", "ex\u00e4mple",
+]  # fmt: skip
+ALLOWED = [
+    ["127.0.0.1", "localhost", "[::1]"],
+    [".chat.example.com"],
+    ["*"],
+    ["CHAT.example.com"],
+    [],
+]
+
+
+@pytest.mark.parametrize("allowed", ALLOWED, ids=lambda hosts: ",".join(hosts))
+def test_the_flask_host_rules_are_djangos(allowed: list[str]) -> None:
+    """The Flask app's host check refuses exactly what Django's ALLOWED_HOSTS does."""
+    from django.http.request import split_domain_port, validate_host
+
+    from shared.guard import check_host
+    from shared.streaming import StreamError
+
+    for host in HOSTS:
+        domain, _ = split_domain_port(host)
+        django_allows = bool(domain) and validate_host(domain, allowed)
+        try:
+            check_host({"HTTP_HOST": host}, allowed)
+        except StreamError as error:
+            assert error.status == 400
+            assert not django_allows, host
+        else:
+            assert django_allows, host

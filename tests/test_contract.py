@@ -586,3 +586,108 @@ def test_an_unlisted_preflight_gets_no_cors_headers(server: Server) -> None:
     )
     assert status == 204
     assert not [name for name in headers if name.lower().startswith("access-control-")]
+
+
+def test_a_rebound_host_name_is_refused_before_any_upstream_call(
+    server: Server, fake: FakeUpstream
+) -> None:
+    """DNS rebinding: the attacker's name, pointed at this server, sends a matching
+    ``Host`` and ``Origin``; the cross-site rule alone would let it through."""
+    script = fake.script(Text("never"), Done())
+    host = f"rebind.attacker.example:{server.port}"
+    headers = {
+        "Host": host,
+        "Origin": f"http://{host}",
+        "Sec-Fetch-Site": "same-origin",
+    }
+    for method, path in [*SSE_ROUTES, ("POST", "/api/stream")]:
+        response = stream(server, method, path, f"hi {script.marker}", headers=headers)
+        assert response[0] == 400, (path, response[2])
+        assert error_of(response)["type"] == "invalid_request_error"
+    assert script.requests == []
+    own = {
+        "Host": f"localhost:{server.port}",
+        "Origin": f"http://localhost:{server.port}",
+    }
+    assert get_chat(server, f"hi {script.marker}", headers=own)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        ("prompt=%FFhi+{marker}", "\ufffdhi {marker}"),
+        ("prompt=%ED%A0%80+{marker}", "\ufffd\ufffd\ufffd {marker}"),
+        ("p%72ompt=a%2Bb+{marker}&other=1", "a+b {marker}"),
+    ],
+    ids=["invalid-utf8", "encoded-surrogate", "encoded-name"],
+)
+def test_a_query_is_decoded_the_same_by_every_server(
+    server: Server, fake: FakeUpstream, query: str, sent: str
+) -> None:
+    script = fake.script(Text("ok"), Done())
+    marker = script.marker.replace("[", "%5B").replace("]", "%5D")
+    path = "/completionChat?" + query.format(marker=marker)
+    assert server.request("GET", path)[0] == 200
+    [message] = script.wait_for_request().json["messages"]
+    assert message["content"] == sent.format(marker=script.marker)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["prompt=first&prompt=second", "prompt=x&prompt=", "prompt=x&prompt"],
+    ids=["two", "second-empty", "second-bare"],
+)
+def test_a_repeated_prompt_is_a_400(
+    server: Server, fake: FakeUpstream, query: str
+) -> None:
+    before = len(fake.requests)
+    for path in ("/completionChat", "/completion"):
+        response = server.request("GET", f"{path}?{query}")
+        assert response[0] == 400, (path, response[2])
+        assert error_of(response)["message"] == "Give one 'prompt', got 2."
+    assert len(fake.requests) == before
+
+
+def test_more_than_a_thousand_query_fields_is_a_400(
+    server: Server, fake: FakeUpstream
+) -> None:
+    script = fake.script(Text("ok"), Done())
+    prompt = "prompt=" + script.marker.replace("[", "%5B").replace("]", "%5D")
+    at_limit = "/completionChat?" + "a&" * 999 + prompt  # 1,000 fields
+    assert server.request("GET", at_limit)[0] == 200
+    response = server.request("GET", "/completionChat?" + "a&" * 1000 + prompt)
+    assert response[0] == 400
+    assert error_of(response)["type"] == "invalid_request_error"
+    assert len(script.requests) == 1
+
+
+def post_chunked(
+    server: Server, path: str, body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """A POST whose body is sent in chunks, without a ``Content-Length``."""
+    conn = server.connection()
+    try:
+        headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        pieces = iter([body[:5], body[5:]])
+        conn.request("POST", path, body=pieces, headers=headers, encode_chunked=True)
+        with conn.getresponse() as response:
+            return response.status, dict(response.headers), response.read()
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_is_read_where_the_server_decodes_it(
+    server: Server, fake: FakeUpstream
+) -> None:
+    """gunicorn and ``flask run`` decode chunked bodies; ``runserver`` can't: 411."""
+    script = fake.script(Text("chunked ok"), Done())
+    status, headers, body = post_chunked(
+        server, "/api/stream", f'{{"message": "hi {script.marker}"}}'.encode()
+    )
+    if server.name == "django-runserver":
+        assert status == 411, body
+        assert headers["Content-Type"] == "application/json"
+        assert json.loads(body)["error"]["type"] == "length_required"
+        assert script.requests == []
+    else:
+        assert (status, body) == (200, b"chunked ok")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from tests.conftest import CORS_ORIGIN, ServerPool
@@ -12,12 +14,16 @@ from tests.servers import DJANGO_DEV, DJANGO_GUNICORN, FLASK_DEV, FLASK_GUNICORN
 # the two development servers also frame bodies differently (chunked vs close).
 SERVER_HEADERS = {"date", "server"}
 DEV_SERVER_HEADERS = SERVER_HEADERS | {"connection", "transfer-encoding"}
+REBOUND = "rebind.attacker.example"  # an attacker's name, pointed at this server
+# A body given as a list of pieces is sent chunked, without a Content-Length.
+Request = tuple[str, str, bytes | list[bytes] | None, dict[str, str]]
 
 
-def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str, str]]]:
+def requests(fake: FakeUpstream) -> list[Request]:
     script = fake.script(Text("Hi\nthere"), Text("[DONE]"), Usage(2, 3), Done())
     limited = fake.rate_limited(retry_after="3")
     json_type = {"Content-Type": "application/json"}
+    marker = quote(script.marker)
     return [
         ("GET", "/", None, {}),
         ("GET", "/assets/chat.js", None, {}),
@@ -57,18 +63,40 @@ def requests(fake: FakeUpstream) -> list[tuple[str, str, bytes | None, dict[str,
             f'{{"prompt": "{script.marker}"}}'.encode(),
             {**json_type, "Origin": CORS_ORIGIN},
         ),
+        (
+            "GET",
+            f"/completionChat?prompt={marker}",
+            None,
+            {"Host": REBOUND, "Origin": f"http://{REBOUND}"},
+        ),
+        ("GET", f"/completionChat?prompt=first+{marker}&prompt=second", None, {}),
+        ("GET", f"/completionChat?prompt={marker}&prompt=", None, {}),
+        ("GET", f"/completionChat?prompt=%FFhi+{marker}", None, {}),
+        ("GET", "/completionChat?" + "a&" * 1000 + f"prompt={marker}", None, {}),
+    ]
+
+
+def chunked_requests(fake: FakeUpstream) -> list[Request]:
+    """Bodies without a length: only gunicorn decodes them for both apps."""
+    script = fake.script(Text("chunked"), Done())
+    body = f'{{"message": "hi {script.marker}"}}'.encode()
+    json_type = {"Content-Type": "application/json"}
+    return [
+        ("POST", "/api/stream", [body[:5], body[5:]], json_type),
+        ("POST", "/completions/chat", [b'{"prompt": ', b"1}"], json_type),
     ]
 
 
 def answer(
-    server: Server,
-    request: tuple[str, str, bytes | None, dict[str, str]],
-    ignored: set[str],
+    server: Server, request: Request, ignored: set[str]
 ) -> tuple[int, str, list[tuple[str, str]], bytes]:
     method, path, body, headers = request
     conn = server.connection()
     try:
-        conn.request(method, path, body=body, headers=headers)
+        if isinstance(body, list):
+            conn.request(method, path, iter(body), headers, encode_chunked=True)
+        else:
+            conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         kept = sorted(
             (k.lower(), v) for k, v in response.getheaders() if k.lower() not in ignored
@@ -85,7 +113,8 @@ def test_flask_and_django_send_the_same_bytes(
     flask = pool.get(FLASK_GUNICORN if production else FLASK_DEV)
     django = pool.get(DJANGO_GUNICORN if production else DJANGO_DEV)
     ignored = SERVER_HEADERS if production else DEV_SERVER_HEADERS
-    for request in requests(upstream):
+    chunked = chunked_requests(upstream) if production else []
+    for request in requests(upstream) + chunked:
         assert answer(flask, request, ignored) == answer(django, request, ignored), (
             request
         )

@@ -48,6 +48,8 @@ def test_configuration_table_matches_the_defaults_in_code() -> None:
             f"{config.DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g}"
         ),
     }
+    for name in ("DJANGO_ALLOWED_HOSTS", "FLASK_TRUSTED_HOSTS"):
+        defaults[name] = config.DEFAULT_ALLOWED_HOSTS
     for name, default in defaults.items():
         assert rows[name][-1] == f"`{default}`", name
     read_in_code = set(
@@ -58,7 +60,9 @@ def test_configuration_table_matches_the_defaults_in_code() -> None:
         + re.findall(
             r'"(DJANGO_[A-Z_]+)"', (ROOT / "django_project/settings.py").read_text()
         )
+        + re.findall(r'"(FLASK_[A-Z_]+)"', (ROOT / "flask_app/__init__.py").read_text())
     )
+    assert "FLASK_TRUSTED_HOSTS" in read_in_code
     assert read_in_code <= set(rows), read_in_code - set(rows)
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.streaming import StreamError
-from shared.validation import json_body, messages_from_json, prompt_from_query
+from shared.validation import (
+    json_body,
+    messages_from_json,
+    prompt_from_query,
+    query_fields,
+    request_body,
+)
 
 LIMIT = 100
 JSON_VALUES = st.recursive(
@@ -71,14 +79,94 @@ def test_other_content_types_are_a_415(content_type: str | None) -> None:
     assert caught.value.status == 415
 
 
-@given(st.dictionaries(st.text(max_size=8), st.text(max_size=120), max_size=3))
+NO_SURROGATES = st.text(st.characters(exclude_categories=["Cs"]), max_size=120)
+
+
+@given(st.dictionaries(st.text(max_size=8), NO_SURROGATES, max_size=3))
 def test_any_query_gives_a_prompt_or_a_400(query: dict[str, str]) -> None:
+    # A WSGI QUERY_STRING: the URL's bytes as Latin-1 characters.
+    query_string = urlencode(query).encode().decode("latin-1")
     try:
-        prompt = prompt_from_query(query, LIMIT)
+        prompt = prompt_from_query(query_string, LIMIT)
     except StreamError as error:
         assert error.status == 400
     else:
         assert prompt == query["prompt"] and prompt.strip()
+
+
+@pytest.mark.parametrize(
+    ("query_string", "fields"),
+    [
+        ("a=1&b=x+y&c=%2B", [("a", "1"), ("b", "x y"), ("c", "+")]),
+        (
+            "p%72ompt=hi&&=v&bare&k=a=b",
+            [("prompt", "hi"), ("", "v"), ("bare", ""), ("k", "a=b")],
+        ),
+        ("prompt=%FFhi&x=%ED%A0%80", [("prompt", "\ufffdhi"), ("x", "\ufffd" * 3)]),
+        ("prompt=%C3%BC\xc3\xbc", [("prompt", "üü")]),  # encoded, then raw UTF-8
+        ("prompt=%", [("prompt", "%")]),
+    ],
+    ids=["plus-and-escapes", "odd-pairs", "not-utf8", "raw-bytes", "lone-percent"],
+)
+def test_query_fields_are_decoded_as_a_browser_encodes_them(
+    query_string: str, fields: list[tuple[str, str]]
+) -> None:
+    assert query_fields(query_string) == fields
+
+
+@pytest.mark.parametrize("query_string", ["prompt=a&prompt=b", "prompt=a&prompt="])
+def test_a_repeated_prompt_is_refused_not_guessed(query_string: str) -> None:
+    with pytest.raises(StreamError) as caught:
+        prompt_from_query(query_string, LIMIT)
+    assert (caught.value.status, caught.value.message) == (
+        400,
+        "Give one 'prompt', got 2.",
+    )
+
+
+def environ(body: bytes, **variables: object) -> dict[str, object]:
+    return {"wsgi.input": io.BytesIO(body), **variables}
+
+
+def test_a_body_is_read_up_to_its_content_length_and_no_further() -> None:
+    given = environ(b'{"a": 1}MORE', CONTENT_LENGTH="8")
+    assert request_body(given, LIMIT) == b'{"a": 1}'
+
+
+def test_a_terminated_input_is_read_to_its_end() -> None:
+    # What gunicorn and Werkzeug's server say of a chunked body they decoded.
+    given = environ(b"x" * 50, **{"wsgi.input_terminated": True})
+    assert request_body(given, LIMIT) == b"x" * 50
+    too_long = environ(b"x" * (LIMIT + 1), **{"wsgi.input_terminated": True})
+    with pytest.raises(StreamError) as caught:
+        request_body(too_long, LIMIT)
+    assert caught.value.status == 413
+
+
+def test_a_chunked_body_the_server_did_not_decode_is_411() -> None:
+    given = environ(b"5\r\nhello\r\n0\r\n\r\n", HTTP_TRANSFER_ENCODING="chunked")
+    with pytest.raises(StreamError) as caught:
+        request_body(given, LIMIT)
+    assert (caught.value.status, caught.value.type) == (411, "length_required")
+
+
+@pytest.mark.parametrize(
+    ("variables", "status"),
+    [({"CONTENT_LENGTH": "20"}, 400), ({"CONTENT_LENGTH": str(LIMIT + 1)}, 413)],
+    ids=["ends-early", "over-the-limit"],
+)
+def test_a_body_shorter_or_longer_than_allowed_is_refused(
+    variables: dict[str, str], status: int
+) -> None:
+    with pytest.raises(StreamError) as caught:
+        request_body(environ(b"short", **variables), LIMIT)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("length", [None, "", "abc", "\u00b2", "-1"])
+def test_no_usable_content_length_is_an_empty_body(length: str | None) -> None:
+    variables = {} if length is None else {"CONTENT_LENGTH": length}
+    assert request_body(environ(b"ignored", **variables), LIMIT) == b""
 
 
 @pytest.mark.parametrize("role", [["user"], {"user": 1}, None, 3])
