@@ -100,6 +100,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # The server speaks TLS itself (e.g. gunicorn --certfile): how to trust it.
     tls: ssl.SSLContext | None = field(default=None, repr=False)
+    cwd: Path = ROOT  # where the command runs
 
     @property
     def name(self) -> str:
@@ -114,7 +115,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.kind.command(self.port),
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
