@@ -81,12 +81,12 @@ _SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # What an upstream's error message may quote of a key: the key, a masked form of it
 # (``sk-proj-****abcd``, ``sk-…abcd``, ``sk-***...abcd``), any masked secret, or a
-# bearer token. A match ends on a word character or a star, so a sentence keeps its
-# final period.
+# bearer token (unless its value was redacted already). A match ends on a word
+# character or a star, so a sentence keeps its final period.
 _KEY_LIKE = re.compile(
     r"\b(?:sk|gsk|hf|xai|pk|rk|key|api)[-_](?=[\w\-*.…]{6})[\w\-*.…]*[\w*]"
     r"|[\w\-]*\*{3,}[\w\-*.…]*[\w*]"
-    r"|(?<=Bearer )\S+",
+    r"|(?<=Bearer )(?!\[redacted\])\S+",
     re.IGNORECASE,
 )
 # Request headers whose values are credentials, removed from upstream messages.
