@@ -25,6 +25,9 @@ Deliberate choices a reader might want to "fix":
 - After ``[DONE]`` the rest of the HTTP body is read (normally just its end): only a
   response read to its end returns its connection to the pool, so the next request
   skips the TCP and TLS handshakes.
+- Raw bytes must reach the stream's end (``[DONE]``, a terminal Responses event, or
+  a finish reason then the body's end): a close-delimited body ends the same way
+  whether its server finished or died, and a gateway's JSON error is a ``200`` too.
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
   that a client never mistakes a failure for a short answer.
@@ -472,8 +475,8 @@ def _raw_batches(reads: Iterator[bytes], secrets: tuple[str, ...]) -> Iterator[B
 
 
 def _keeping_head(reads: Iterator[bytes], head: bytearray) -> Iterator[bytes]:
-    """``reads``, adding the first ``_SNIFF_BYTES`` to ``head`` while it is empty
-    or still filling (the caller clears it at the first event)."""
+    """``reads``, copying their first ``_SNIFF_BYTES`` into ``head``; none once the
+    caller cleared ``head`` (at the first event: the body is SSE)."""
     kept = 0
     for read in reads:
         if kept < _SNIFF_BYTES and (head or not kept):
