@@ -8,6 +8,9 @@ CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
 NGINX := /usr/sbin/nginx
 BENCH_STAMP := $(VENV)/.installed-bench
+# A copied view on openai 2 (httpx, not httpx2): tests/test_copied_view.py runs it.
+OPENAI2_VENV := .venv-openai2
+OPENAI2_STAMP := $(OPENAI2_VENV)/.installed
 EXPRESS := bench/express
 BENCH_ARGS ?=
 
@@ -53,7 +56,12 @@ dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
 dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) ## Run the whole test suite (starts every server mode once)
+$(OPENAI2_STAMP): tests/openai2/requirements.txt
+	$(PYTHON) -m venv $(OPENAI2_VENV)
+	$(OPENAI2_VENV)/bin/python -m pip install --quiet -r tests/openai2/requirements.txt
+	touch $(OPENAI2_STAMP)
+
+test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
 check: $(STAMP) ## Lint, format check and type check

@@ -25,6 +25,9 @@ Deliberate choices a reader might want to "fix":
 - After ``[DONE]`` the rest of the HTTP body is read (normally just its end): only a
   response read to its end returns its connection to the pool, so the next request
   skips the TCP and TLS handshakes.
+- Raw bytes must reach the stream's end (``[DONE]``, a terminal Responses event, or
+  a finish reason then the body's end): a close-delimited body ends the same way
+  whether its server finished or died, and a gateway's JSON error is a ``200`` too.
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
   that a client never mistakes a failure for a short answer.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import re
 import select
@@ -43,6 +47,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "UpstreamFailed",
     "end_open_streams",
     "open_upstream",
+    "register_secret",
     "sse_event",
     "sse_frames",
     "text_stream",
@@ -78,14 +84,18 @@ _SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # What an upstream's error message may quote of a key: the key, a masked form of it
 # (``sk-proj-****abcd``, ``sk-…abcd``, ``sk-***...abcd``), any masked secret, or a
-# bearer token. A match ends on a word character or a star, so a sentence keeps its
-# final period.
+# bearer token (unless its value was redacted already). A match ends on a word
+# character or a star, so a sentence keeps its final period.
 _KEY_LIKE = re.compile(
     r"\b(?:sk|gsk|hf|xai|pk|rk|key|api)[-_](?=[\w\-*.…]{6})[\w\-*.…]*[\w*]"
     r"|[\w\-]*\*{3,}[\w\-*.…]*[\w*]"
-    r"|(?<=Bearer )\S+",
+    r"|(?<=Bearer )(?!\[redacted\])\S+",
     re.IGNORECASE,
 )
+# Request headers whose values are credentials, removed from upstream messages.
+_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
+_MIN_SECRET_CHARS = 8  # shorter values (a placeholder, "demo") would garble messages
+_secrets: set[str] = set()  # register_secret()'s
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
 _QUEUE_SIZE = 32  # upstream reads buffered per stream before the upstream is paused
@@ -94,9 +104,35 @@ _READER_JOIN_SECONDS = 1.0
 # After [DONE], how long and how many reads to wait for the end of the HTTP body.
 _DRAIN_SECONDS = 0.1
 _DRAIN_READS = 16
+# What a body that is not SSE may say (a gateway's JSON error), kept until an event.
+_SNIFF_BYTES = 4096
+_CLIENT_CHECK_SECONDS = 0.5  # see _Relay._left_after_sending
+_TCP_ESTABLISHED = 1  # Linux's tcpi_state
+# Responses API ``incomplete_details.reason`` as the finish reasons of chat.
+_INCOMPLETE_REASONS = {
+    "max_output_tokens": "length",
+    "content_filter": "content_filter",
+}
 
 Usage = dict[str, int]
-Batch = list[str | Usage]  # what one upstream read gave: text deltas and usage
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refusal delta: what the model says instead of answering."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class _Finish:
+    """Why the answer ended, when that is worth an ``event: finish``."""
+
+    reason: str
+
+
+# What one upstream read gave: text deltas, refusals, finish reasons and usage.
+Batch = list[str | _Refusal | _Finish | Usage]
 
 
 class StreamError(Exception):
@@ -143,6 +179,17 @@ def open_upstream(create: Callable[[], Any]) -> Any:
         raise _as_stream_error(exc) from exc
 
 
+def register_secret(value: str) -> None:
+    """Never pass ``value`` (e.g. the configured API key) on in an upstream message.
+
+    The credentials of the request that failed are removed anyway, when the error
+    carries that request (the openai SDK's do); this covers the rest, for keys that
+    look like nothing a pattern could recognise.
+    """
+    if len(value) >= _MIN_SECRET_CHARS:
+        _secrets.add(value)
+
+
 def _as_stream_error(exc: BaseException) -> StreamError:
     import openai  # the SDK is only needed once something failed
 
@@ -168,33 +215,89 @@ def _as_stream_error(exc: BaseException) -> StreamError:
             )
         return StreamError(502, f"The upstream answered {status}.", "upstream_error")
     if isinstance(exc, openai.APIError):
-        return StreamError(502, _redact(exc.message), "upstream_error")
+        return StreamError(
+            502, _redact(exc.message, _secrets_of(exc)), "upstream_error"
+        )
     # Raised while reading raw bytes (``with_streaming_response``), where the SDK
     # no longer wraps them in its own exceptions.
-    import httpx2  # the openai SDK's HTTP client
-
-    if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+    if isinstance(exc, TimeoutError) or _is_http_error(exc, "TimeoutException"):
         return StreamError(504, "The upstream timed out.", "upstream_timeout")
-    if isinstance(exc, (httpx2.TransportError, OSError)):
+    if isinstance(exc, OSError) or _is_http_error(exc, "TransportError"):
         return StreamError(
             502, "The connection to the upstream failed.", "upstream_connection_error"
         )
     return StreamError(502, "The upstream failed.", "upstream_error")
 
 
+def _is_http_error(exc: BaseException, name: str) -> bool:
+    """``exc`` is one of the SDK's HTTP client's ``name`` errors, by class name.
+
+    The client is ``httpx2`` under openai 3 and ``httpx`` under openai 2: a view
+    copied into an app on either must not need the other to classify a failure.
+    """
+    return any(
+        cls.__name__ == name and cls.__module__.partition(".")[0] in ("httpx", "httpx2")
+        for cls in type(exc).__mro__
+    )
+
+
 def _upstream_message(exc: Any) -> str:
     body = exc.body
     if isinstance(body, dict):
-        error = body.get("error")
-        body = body.get("message") or (
-            error.get("message") if isinstance(error, dict) else error
-        )
-    return _redact(str(body if body and isinstance(body, str) else exc.message))
+        body = _error_message(body)
+    message = str(body if body and isinstance(body, str) else exc.message)
+    return _redact(message, _secrets_of(exc))
 
 
-def _redact(message: str) -> str:
-    """Hide anything shaped like a credential that an upstream message quotes."""
+def _error_message(body: Mapping[str, Any]) -> Any:
+    """The message of an error body: ``{"error": {"message"}}`` and its variants."""
+    error = body.get("error")
+    return body.get("message") or (
+        error.get("message") if isinstance(error, dict) else error
+    )
+
+
+def _redact(message: str, secrets: Iterable[str] = ()) -> str:
+    """Hide the credentials an upstream message quotes.
+
+    The values themselves go first (``secrets``, then :func:`register_secret`'s):
+    an Azure key is 32 hex digits, a self-hosted token anything at all. Then
+    anything shaped like a key, a masked key or a bearer token.
+    """
+    for secret in sorted({*secrets, *_secrets}, key=len, reverse=True):
+        message = message.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", message)
+
+
+def _secrets_of(source: object) -> tuple[str, ...]:
+    """The credentials sent in the request of ``source``: an SDK error or response.
+
+    The SDK's errors carry the HTTP request; its streams and raw responses carry
+    the HTTP response, which carries the request.
+    """
+    headers = getattr(_request_of(source), "headers", None)
+    if headers is None:
+        return ()
+    values = (headers.get(name) for name in _CREDENTIAL_HEADERS)
+    # The token of "Bearer TOKEN": the scheme alone is no secret.
+    tokens = (value.rpartition(" ")[2] for value in values if value)
+    return tuple(token for token in tokens if len(token) >= _MIN_SECRET_CHARS)
+
+
+def _request_of(source: object) -> object:
+    for holder in (source, _http_response(source)):
+        try:
+            request = getattr(holder, "request", None)
+        except RuntimeError:  # an httpx response made without its request
+            continue
+        if request is not None:
+            return request
+    return None
+
+
+def _http_response(chunks: object) -> object:
+    """The HTTP response under an SDK stream or raw response (or ``chunks``)."""
+    return getattr(chunks, "response", None) or getattr(chunks, "http_response", chunks)
 
 
 # --- Reading chunks -----------------------------------------------------------------
@@ -207,27 +310,19 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _chunk_items(chunk: Any) -> Batch:
-    """Text and usage in one chunk of chat, legacy completions or Responses events."""
+def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
+    """What one chunk of chat, legacy completions or Responses events says.
+
+    ``secrets`` are removed from an error's message (see :func:`_redact`).
+    """
     error = _field(chunk, "error")
     if error and _field(chunk, "type") != "response.failed":
-        raise UpstreamFailed(_redact(str(_field(error, "message") or error)))
-    items: Batch = []
+        raise UpstreamFailed(_redact(str(_field(error, "message") or error), secrets))
     kind = _field(chunk, "type")
     # A Responses API event; other providers' chunks may carry a "type" of their own.
     if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
-        if kind == "response.output_text.delta":
-            delta = _field(chunk, "delta")
-            if delta and isinstance(delta, str):
-                items.append(delta)
-        elif kind == "response.completed":
-            usage = _field(_field(chunk, "response"), "usage")
-            if usage:
-                items.append(_usage(usage, "input_tokens", "output_tokens"))
-        elif kind in ("response.failed", "error"):
-            error = _field(_field(chunk, "response"), "error") or chunk
-            raise UpstreamFailed(_redact(str(_field(error, "message") or kind)))
-        return items
+        return _responses_items(kind, chunk, secrets)
+    items: Batch = []
     for choice in _field(chunk, "choices") or ():
         if _field(choice, "index") not in (0, None):
             continue
@@ -236,10 +331,48 @@ def _chunk_items(chunk: Any) -> Batch:
         text = _field(message, "content") if message else _field(choice, "text")
         if text and isinstance(text, str):  # not e.g. a list of content parts
             items.append(text)
+        refusal = _field(message, "refusal") if message else None
+        if refusal and isinstance(refusal, str):
+            items.append(_Refusal(refusal))
     usage = _field(chunk, "usage")
     if usage:
         items.append(_usage(usage, "prompt_tokens", "completion_tokens"))
     return items
+
+
+def _responses_items(kind: str, event: Any, secrets: tuple[str, ...]) -> Batch:
+    """What one Responses API event says; events without text say nothing."""
+    delta = _field(event, "delta")
+    if kind == "response.output_text.delta" and delta and isinstance(delta, str):
+        return [delta]
+    if kind == "response.refusal.delta" and delta and isinstance(delta, str):
+        return [_Refusal(delta)]
+    response = _field(event, "response")
+    if kind in ("response.failed", "error"):
+        error = _field(response, "error") or event
+        raise UpstreamFailed(_redact(str(_field(error, "message") or kind), secrets))
+    items: Batch = []
+    if kind == "response.incomplete":  # cut short: never mistaken for a whole answer
+        reason = _field(_field(response, "incomplete_details"), "reason")
+        items.append(_Finish(_INCOMPLETE_REASONS.get(reason, str(reason or kind))))
+    usage = _field(response, "usage")
+    if kind in ("response.completed", "response.incomplete") and usage:
+        items.append(_usage(usage, "input_tokens", "output_tokens"))
+    return items
+
+
+def _ends_answer(chunk: Any) -> bool:
+    """The chunk says the answer is over: a finish reason, or a terminal event.
+
+    Some OpenAI-compatible servers send no ``[DONE]``: after one of these, a clean
+    end of the body is the end of the answer.
+    """
+    if _field(chunk, "type") in ("response.completed", "response.incomplete"):
+        return True
+    choices = _field(chunk, "choices")
+    return isinstance(choices, list) and any(
+        _field(choice, "finish_reason") for choice in choices
+    )
 
 
 def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
@@ -298,30 +431,72 @@ def _without_bom(reads: Iterable[bytes]) -> Iterator[bytes]:
         yield read
 
 
-def _batches(chunks: Iterable[Any]) -> Iterator[Batch]:
-    """Normalise any accepted upstream into batches of text deltas and usage."""
+def _batches(chunks: Iterable[Any], secrets: tuple[str, ...] = ()) -> Iterator[Batch]:
+    """Normalise any accepted upstream into batches of what the model said."""
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
         return
     if isinstance(first, (bytes, bytearray)):
-        reads = _prepend(bytes(first), iterator)
-        for payloads in _sse_payloads(reads):
-            batch: Batch = []
-            try:
-                for payload in payloads:
-                    if payload.strip() == "[DONE]":
-                        yield batch
-                        return
-                    batch.extend(_chunk_items(_json_chunk(payload)))
-            except UpstreamFailed:
-                yield batch  # what came before the failure in the same read
-                raise
-            yield batch
+        yield from _raw_batches(_prepend(bytes(first), iterator), secrets)
         return
-    yield _chunk_items(first)
+    yield _chunk_items(first, secrets)
     for chunk in iterator:
-        yield _chunk_items(chunk)
+        yield _chunk_items(chunk, secrets)
+
+
+def _raw_batches(reads: Iterator[bytes], secrets: tuple[str, ...]) -> Iterator[Batch]:
+    """Batches from raw SSE bytes, which must reach the stream's end.
+
+    A body that ends before ``[DONE]``, a terminal Responses event or a finish
+    reason was cut (a close-delimited body ends that way when its server dies), and
+    one without a single event is not a stream at all (a gateway's JSON error):
+    both raise :class:`UpstreamFailed` rather than pass for a whole answer.
+    """
+    head = bytearray()  # the body's first bytes, until it shows an event
+    ended = False
+    for payloads in _sse_payloads(_keeping_head(reads, head)):
+        head.clear()
+        batch: Batch = []
+        try:
+            for payload in payloads:
+                if payload.strip() == "[DONE]":
+                    yield batch
+                    return
+                chunk = _json_chunk(payload)
+                batch.extend(_chunk_items(chunk, secrets))
+                ended = ended or _ends_answer(chunk)
+        except UpstreamFailed:
+            yield batch  # what came before the failure in the same read
+            raise
+        yield batch
+    if not ended:
+        raise UpstreamFailed(_unfinished(bytes(head), secrets))
+
+
+def _keeping_head(reads: Iterator[bytes], head: bytearray) -> Iterator[bytes]:
+    """``reads``, copying their first ``_SNIFF_BYTES`` into ``head``; none once the
+    caller cleared ``head`` (at the first event: the body is SSE)."""
+    kept = 0
+    for read in reads:
+        if kept < _SNIFF_BYTES and (head or not kept):
+            head += read[: _SNIFF_BYTES - kept]
+        kept += len(read)
+        yield read
+
+
+def _unfinished(head: bytes, secrets: tuple[str, ...]) -> str:
+    """Why a body that ended early failed: its own error message, when it has one."""
+    if not head.strip():
+        return "The upstream's answer ended before the end of its stream."
+    try:
+        body = json.loads(head)
+    except ValueError:
+        body = None
+    message = _error_message(body) if isinstance(body, dict) else None
+    if message and isinstance(message, str):
+        return _redact(message, secrets)
+    return "The upstream answered without an event stream."
 
 
 def _json_chunk(payload: str) -> Any:
@@ -345,14 +520,35 @@ def _prepend(first: bytes, rest: Iterator[Any]) -> Iterator[bytes]:
 # --- Framing -----------------------------------------------------------------------
 
 
-def sse_event(text: str) -> bytes:
-    """Frame one text delta so that a conforming parser's ``data`` gives it back."""
+def sse_event(text: str, event: str | None = None) -> bytes:
+    """Frame one delta so that a conforming parser's ``data`` gives it back.
+
+    ``event`` names the event (``refusal``); text events have no name.
+    """
+    head = b"" if event is None else b"event: " + event.encode() + b"\n"
     if text == "[DONE]":
-        return b"data: [DONE\n\ndata: ]\n\n"
+        return head + b"data: [DONE\n\n" + head + b"data: ]\n\n"
     if "\n" not in text and "\r" not in text:
-        return b"data: " + _utf8(text) + b"\n\n"
+        return head + b"data: " + _utf8(text) + b"\n\n"
     lines = _LINE_BREAK.split(text)
-    return b"".join(b"data: " + _utf8(line) + b"\n" for line in lines) + b"\n"
+    return head + b"".join(b"data: " + _utf8(line) + b"\n" for line in lines) + b"\n"
+
+
+def _sse_item(item: str | _Refusal | _Finish | Usage) -> bytes:
+    if isinstance(item, str):
+        return sse_event(item)
+    if isinstance(item, _Refusal):
+        return sse_event(item.text, "refusal")
+    if isinstance(item, _Finish):
+        return _named_event("finish", {"reason": item.reason})
+    return _named_event("usage", item)
+
+
+def _text_of(item: str | _Refusal | _Finish | Usage) -> str:
+    """The raw text route's share of an item: text, and a refusal as text."""
+    if isinstance(item, str):
+        return item
+    return item.text if isinstance(item, _Refusal) else ""
 
 
 def _named_event(name: str, payload: Mapping[str, Any]) -> bytes:
@@ -374,7 +570,8 @@ def sse_frames(
     client_socket: socket.socket | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
-    """Stream ``chunks`` as the contract's SSE body: text events, usage, ``[DONE]``.
+    """Stream ``chunks`` as the contract's SSE body: text events, refusals, a
+    ``finish`` for an incomplete Responses answer, usage, then ``[DONE]``.
 
     Waits up to ``keepalive_seconds`` for the first output and raises
     :class:`StreamError` if the upstream fails before it, so the view can still
@@ -389,12 +586,7 @@ def sse_frames(
                 if batch is None:
                     yield _KEEPALIVE
                     continue
-                out = b"".join(
-                    sse_event(item)
-                    if isinstance(item, str)
-                    else _named_event("usage", item)
-                    for item in batch
-                )
+                out = b"".join(map(_sse_item, batch))
                 if out:
                     yield out
         except ClientDisconnected:
@@ -416,7 +608,8 @@ def text_stream(
     client_socket: socket.socket | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
-    """Stream ``chunks`` as raw UTF-8 text; a failure raises :class:`UpstreamFailed`.
+    """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
+    :class:`UpstreamFailed`.
 
     Waits for the first output and raises :class:`StreamError` if the upstream fails
     before it. A later failure's exception makes the WSGI server drop the connection
@@ -427,9 +620,7 @@ def text_stream(
     def texts(relay: _Relay) -> Iterator[bytes]:
         try:
             for batch in relay:
-                out = b"".join(
-                    _utf8(item) for item in batch or () if isinstance(item, str)
-                )
+                out = _utf8("".join(map(_text_of, batch or ())))
                 if out:
                     yield out
         except ClientDisconnected:
@@ -455,8 +646,9 @@ class ClientDisconnected(Exception):
 class Callbacks(TypedDict, total=False):
     """Optional hooks, called from the thread that writes the response.
 
-    ``on_completion`` gets the whole text at a normal end; ``on_error`` the exception
-    of a failed stream (not of a client that left).
+    ``on_token`` and ``on_completion`` (the whole text, at a normal end) get the
+    answer's text, not refusals; ``on_error`` the exception of a failed stream (not
+    of a client that left).
     """
 
     on_start: Callable[[], object]
@@ -486,7 +678,7 @@ class _Callbacks:
                     self.on_token(item)
                 if self.on_completion:
                     self._parts.append(item)
-            elif self.on_usage:
+            elif isinstance(item, dict) and self.on_usage:
                 self.on_usage(item)
 
     def complete(self) -> None:
@@ -548,8 +740,10 @@ class _BatchQueue(queue.Queue[object]):
 
 
 def _chars(item: object) -> int:
-    """The size of a queued batch: its texts' lengths (a usage dict counts 3)."""
-    return sum(map(len, item)) if type(item) is list else 0
+    """The size of a queued batch: its texts' lengths (other items count 1)."""
+    if type(item) is not list:
+        return 0
+    return sum(len(part) if isinstance(part, str) else 1 for part in item)
 
 
 def _deadline(seconds: float | None) -> float | None:
@@ -593,7 +787,9 @@ class _Relay:
         self._helpers: list[Any] = []
         self._started = False
         self._first: object = None
+        self._silent_start = False  # start() waited a whole interval for output
         self._ending: StreamError | None = None
+        self._secrets = _secrets_of(chunks)
 
     def start(self, first_output_within: float | None) -> None:
         """Start reading, and wait up to the given time for the first output.
@@ -621,6 +817,7 @@ class _Relay:
             try:
                 item = self._queue.get(timeout=_left(deadline))
             except queue.Empty:
+                self._silent_start = True
                 return
             if item == []:
                 continue  # e.g. the role-only first chunk: nothing to write yet
@@ -638,8 +835,12 @@ class _Relay:
 
     def __iter__(self) -> Iterator[Batch | None]:
         # A keep-alive is due after this long without output, however many chunks
-        # without text (e.g. a reasoning model's) arrived meanwhile.
-        keepalive_due = _deadline(self._keepalive)
+        # without text (e.g. a reasoning model's) arrived meanwhile. The first one
+        # is due at once when start() waited an interval already: the clock started
+        # with the request.
+        keepalive_due = (
+            time.monotonic() if self._silent_start else _deadline(self._keepalive)
+        )
         while True:
             if self._client_gone.is_set():
                 raise ClientDisconnected
@@ -699,7 +900,7 @@ class _Relay:
             else self._chunks
         )
         try:
-            for batch in _batches(reads):
+            for batch in _batches(reads, self._secrets):
                 if not self._put(batch):
                     return
             self._put(_END)
@@ -736,21 +937,37 @@ class _Relay:
             if not poller.poll(None if self._gevent else 500):
                 continue
             try:
-                peeked = client.recv(1, socket.MSG_PEEK)
+                peeked = _peek(client)
             except BlockingIOError:
                 continue
             except OSError:
                 peeked = b""
-            if not peeked:  # end of file: the client is gone
-                self._client_gone.set()
-                self._stop.set()
-                if not self._ended.is_set():  # else the connection may be pooled
-                    _shutdown(self._chunks)
-                try:
-                    self._queue.put_nowait(_GONE)  # wakes a writer waiting for data
-                except queue.Full:
-                    pass  # the writer is not waiting: it sees _client_gone next
-            return  # any other byte is the client's next request: not ours to read
+            # End of file: the client is gone. Any other byte may be its next
+            # request (not ours to read), or a TLS close_notify before its FIN.
+            if not peeked or self._left_after_sending(client):
+                self._client_left()
+            return
+
+    def _left_after_sending(self, client: socket.socket) -> bool:
+        """Whether the client, which sent bytes, closes its end before the stream does.
+
+        The unread bytes keep the socket readable, so the watch goes on through the
+        TCP state (Linux), twice a second; elsewhere the next write will tell.
+        """
+        while (state := _tcp_state(client)) == _TCP_ESTABLISHED:
+            if self._stop.wait(_CLIENT_CHECK_SECONDS):
+                return False
+        return state is not None
+
+    def _client_left(self) -> None:
+        self._client_gone.set()
+        self._stop.set()
+        if not self._ended.is_set():  # else the connection may be pooled
+            _shutdown(self._chunks)
+        try:
+            self._queue.put_nowait(_GONE)  # wakes a writer waiting for data
+        except queue.Full:
+            pass  # the writer is not waiting: it sees _client_gone next
 
     def end(self, error: StreamError) -> None:
         """End the stream with ``error`` (see :func:`end_open_streams`)."""
@@ -786,12 +1003,32 @@ class _Relay:
         self._helpers.clear()
 
 
+def _peek(client: socket.socket) -> bytes:
+    """The next byte the client sent, left unread; ``b""`` once it closed.
+
+    Through a duplicate of the descriptor: an ``ssl.SSLSocket`` refuses
+    ``MSG_PEEK`` (gunicorn with ``--certfile``, ``flask run --cert``), and what is
+    to be seen is the TCP connection's end, not what TLS carries.
+    """
+    with socket.socket(fileno=os.dup(client.fileno())) as raw:
+        raw.setblocking(False)
+        return raw.recv(1, socket.MSG_PEEK)
+
+
+def _tcp_state(sock: socket.socket) -> int | None:
+    """The connection's TCP state where the system tells it (Linux), else None."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return None
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, option, 1)[0]
+    except OSError:
+        return None
+
+
 def _shutdown(chunks: object) -> None:
     """Shut down the upstream socket: the upstream sees the close at once."""
-    response = getattr(chunks, "response", None) or getattr(
-        chunks, "http_response", chunks
-    )
-    extensions = getattr(response, "extensions", None)
+    extensions = getattr(_http_response(chunks), "extensions", None)
     stream = extensions.get("network_stream") if isinstance(extensions, dict) else None
     sock = stream.get_extra_info("socket") if stream is not None else None
     if sock is not None:

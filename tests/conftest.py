@@ -53,6 +53,20 @@ ACCESS_CONFIGS = {
     "rate-limited": {"STREAM_RATE_LIMIT": RATE_LIMIT},
 }
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# Keys that look like nothing a pattern could recognise: only their values can be
+# redacted. Each one is the key of the configuration ``key-NAME``.
+ODD_KEYS = {
+    "hex": uuid.uuid4().hex,  # Azure's shape: 32 hex digits
+    "fireworks": f"fw_{uuid.uuid4().hex[:20]}",
+    "jwt": f"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ{uuid.uuid4().hex}fQ.{uuid.uuid4().hex}",
+}
+# A keep-alive long enough that "one interval after the request, not two" can't be
+# mistaken on a loaded machine, and an upstream allowed to be silent for longer.
+LONG_KEEPALIVE_SECONDS = 2.0
+LONG_KEEPALIVE = {
+    "STREAM_KEEPALIVE_SECONDS": str(LONG_KEEPALIVE_SECONDS),
+    "STREAM_UPSTREAM_TIMEOUT_SECONDS": "10",
+}
 
 
 class ServerPool:
@@ -94,6 +108,10 @@ class ServerPool:
         upstream = self.upstream(config)
         env["OPENAI_BASE_URL"] = upstream.base_url
         env.update(ACCESS_CONFIGS.get(config, {}))
+        if config == "long-keepalive":
+            env.update(LONG_KEEPALIVE)
+        if config.startswith("key-"):
+            env["OPENAI_API_KEY"] = ODD_KEYS[config.removeprefix("key-")]
         if config == "no-key":  # a local server that needs none
             del env["OPENAI_API_KEY"]
         if upstream.ca_file:

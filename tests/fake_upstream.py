@@ -40,6 +40,9 @@ _marker_ids = itertools.count(1)  # process-wide, so markers never collide
 # A name that never resolves, in the TLS certificate too: only a proxy that sends
 # every request to the fake (``tests.forward_proxy``) reaches it.
 PROXY_ONLY_HOST = "upstream.proxy-test.invalid"
+# In an error body or an ``ErrorEvent``'s message: replaced by the token of the
+# Authorization header received, as an upstream that quotes the key it was sent.
+RECEIVED_KEY = "<<received key>>"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,22 @@ class Text:
     """A content delta, formatted for the endpoint that was called."""
 
     delta: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refusal: chat's ``delta.refusal``, Responses' ``response.refusal.delta``."""
+
+    delta: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Chat/completions: a chunk with ``finish_reason``; Responses: the end of the
+    answer, ``response.incomplete`` with this ``incomplete_details.reason`` (and the
+    usage) unless the reason is ``stop`` (then ``Done()`` is the way)."""
+
+    reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,20 @@ class ErrorEvent:
     type: str = "server_error"
 
 
-Step = Text | Usage | Done | Raw | Sleep | Abort | Hangup | Forever | Flood | ErrorEvent
+Step = (
+    Text
+    | Refusal
+    | Finish
+    | Usage
+    | Done
+    | Raw
+    | Sleep
+    | Abort
+    | Hangup
+    | Forever
+    | Flood
+    | ErrorEvent
+)
 DEFAULT_STEPS: tuple[Step, ...] = (Text("Hello"), Text(" world"), Usage(5, 2), Done())
 
 
@@ -158,6 +190,8 @@ class Script:
     body: Any = None
     headers_delay: float = 0.0
     unanswered: Hangup | Abort | None = None  # close this way, without an answer
+    # No chunked framing: ``Connection: close``, and the body ends with the connection.
+    close_delimited: bool = False
     requests: list[RecordedRequest] = field(default_factory=list)
     # Played instead for the next request with this marker (the SDK's retry); the
     # last script of the chain answers every request after that.
@@ -202,8 +236,9 @@ def _tokens(u: Usage | None, prompt: str, completion: str) -> dict[str, int] | N
 class _Encoder:
     """Turns steps into one endpoint's wire format (ids, sequence numbers, usage)."""
 
-    def __init__(self, kind: str, model: str) -> None:
+    def __init__(self, kind: str, model: str, received_key: str = "") -> None:
         self.kind, self.model, self.seq = kind, model, 0
+        self.received_key = received_key
         self.usage: Usage | None = None
         chat = kind == "chat"
         self.head: dict[str, Any] = {
@@ -245,7 +280,38 @@ class _Encoder:
             case Raw(data), _:
                 return data
             case ErrorEvent(message, kind), _:
+                message = message.replace(RECEIVED_KEY, self.received_key)
                 return self.sse({"error": {"message": message, "type": kind}})
+            case Refusal(delta), "responses":
+                return self.event(
+                    "response.refusal.delta",
+                    item_id="msg_fake",
+                    output_index=0,
+                    content_index=0,
+                    delta=delta,
+                )
+            case Refusal(delta), _:
+                choice = {
+                    "index": 0,
+                    "delta": {"refusal": delta},
+                    "finish_reason": None,
+                }
+                return self.sse({**self.head, "choices": [choice]})
+            case Finish(reason), "responses":
+                usage = _tokens(self.usage, "input_tokens", "output_tokens")
+                details = {"reason": reason}
+                final = {
+                    **self.response("incomplete"),
+                    "incomplete_details": details,
+                    "usage": usage,
+                }
+                return self.event("response.incomplete", response=final)
+            case Finish(reason), "chat":
+                choice = {"index": 0, "delta": {}, "finish_reason": reason}
+                return self.sse({**self.head, "choices": [choice]})
+            case Finish(reason), _:
+                choice = {"index": 0, "text": "", "finish_reason": reason}
+                return self.sse({**self.head, "choices": [choice]})
             case Text(delta), "responses":
                 return self.event(
                     "response.output_text.delta",
@@ -320,6 +386,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 30.0  # idle keep-alive and stuck writes end here, never hang a test
+    chunked = True  # the framing of the stream being sent (see Script.close_delimited)
     server: _Server
 
     def setup(self) -> None:
@@ -354,7 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         kind = ENDPOINTS.get(path) if self.command == "POST" else None
         params = payload if isinstance(payload, dict) else {}
-        enc = _Encoder(kind or "chat", str(params.get("model", "fake-model")))
+        received_key = headers.get("authorization", "").rpartition(" ")[2]
+        model = str(params.get("model", "fake-model"))
+        enc = _Encoder(kind or "chat", model, received_key)
         if script.headers_delay and not self._wait(rec, script.headers_delay):
             return  # the client gave up before the status line: a hung upstream
         if kind is None:
@@ -363,10 +432,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "type": "invalid_request_error",
             }
             self._send_json(rec, 404, {"error": error}, {})
-        elif script.status != 200:
+        elif script.status != 200 or script.body is not None:  # 200: not a stream
             default = {"error": {"message": "fake error", "type": "server_error"}}
             error_body = default if script.body is None else script.body
-            self._send_json(rec, script.status, error_body, script.headers)
+            quoted = _dumps(error_body).replace(RECEIVED_KEY, received_key)
+            self._send_json(rec, script.status, quoted.encode(), script.headers)
         elif not params.get("stream"):
             self._send_json(rec, 200, enc.completion(script.steps), script.headers)
         else:
@@ -407,11 +477,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, rec: RecordedRequest, enc: _Encoder, script: Script) -> None:
         """Play the steps, each one chunk; stop early if the client goes away."""
+        self.chunked = not script.close_delimited
         base = {
             "Content-Type": "text/event-stream; charset=utf-8",
-            "Transfer-Encoding": "chunked",
             "Cache-Control": "no-cache",
         }
+        base.update(
+            {"Transfer-Encoding": "chunked"}
+            if self.chunked
+            else {"Connection": "close"}
+        )
         try:
             self._head(200, base, script.headers)
         except OSError:
@@ -438,12 +513,19 @@ class _Handler(BaseHTTPRequestHandler):
                 ok = not data or self._write(rec, data)  # b"" would end the body
             if not ok:
                 return
+        if not self.chunked:  # the end of the body is the end of the connection
+            self.server.fake._update(rec, finished_at=time.monotonic())
+            self._hangup()
+            return
         self._finish(rec, lambda: self.wfile.write(b"0\r\n\r\n"))
 
     def _write(self, rec: RecordedRequest, data: bytes, step: bool = True) -> bool:
         """Send ``data`` as one chunk, right away; False if the client is gone."""
         try:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            if self.chunked:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                self.wfile.write(data)
         except OSError:
             return self._gone(rec)
         self.server.fake._update(
@@ -601,6 +683,7 @@ class FakeUpstream:
         headers_delay: float = 0.0,
         then: Script | None = None,
         unanswered: Hangup | Abort | None = None,
+        close_delimited: bool = False,
     ) -> Script:
         """Register steps (or, with ``status != 200``, an error ``body``).
 
@@ -608,6 +691,9 @@ class FakeUpstream:
         before its first byte. ``then`` answers the next request with this marker
         (e.g. a 503 ``then`` a stream: the retry succeeds). ``unanswered`` reads
         each request, then closes the connection that way without a byte of answer.
+        A ``body`` with status 200 is sent as JSON, instead of a stream.
+        ``close_delimited`` sends the stream with ``Connection: close`` and no
+        chunked framing, and closes at its end.
         """
         marker = f"[[fake-{next(_marker_ids)}]]"
         script = Script(
@@ -620,7 +706,7 @@ class FakeUpstream:
             headers_delay,
             unanswered,
         )
-        script.then = then
+        script.then, script.close_delimited = then, close_delimited
         with self._cond:
             self._scripts.append(script)
         return script

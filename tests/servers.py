@@ -11,6 +11,7 @@ import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ class ServerKind:
                     "run",
                     "--port",
                     str(port),
+                    *self.extra_args,
                 ]
             return [
                 sys.executable,
@@ -96,6 +98,9 @@ class Server:
     log_path: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # The server speaks TLS itself (e.g. gunicorn --certfile): how to trust it.
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
+    cwd: Path = ROOT  # where the command runs
 
     @property
     def name(self) -> str:
@@ -110,7 +115,7 @@ class Server:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.kind.command(self.port),
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -152,6 +157,10 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=self.tls
+            )
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def request(

@@ -156,7 +156,8 @@ def test_provider_quirks_do_not_break_the_stream(
             + emoji[:2]
         ),
         Raw(emoji[2:] + b'"}}]}\n\n'),
-        # no [DONE]: the body simply ends
+        # no [DONE]: the body simply ends after the finish reason
+        Raw(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'),
     )
     status, _, body = get_chat(server, f"quirks {script.marker}")
     assert status == 200

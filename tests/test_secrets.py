@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import http.client
+import time
+import uuid
+
+import pytest
+
 from tests.client import get_chat, post_json
-from tests.conftest import FAKE_API_KEY, ServerPool
-from tests.fake_upstream import Abort, Done, FakeUpstream, Text
-from tests.servers import ALL_KINDS
+from tests.conftest import FAKE_API_KEY, ODD_KEYS, ServerPool
+from tests.fake_upstream import (
+    RECEIVED_KEY,
+    Abort,
+    Done,
+    ErrorEvent,
+    FakeUpstream,
+    Text,
+)
+from tests.servers import ALL_KINDS, DJANGO_GUNICORN, FLASK_GUNICORN, ServerKind
 
 
 def test_the_key_appears_in_no_response_and_no_log_line(
@@ -52,9 +65,10 @@ def test_the_key_appears_in_no_response_and_no_log_line(
                 Exception
             ) as exc:  # a cut-off raw body: its text must not leak either
                 answers.append(repr(exc).encode())
-    assert upstream.requests and all(
-        r.headers.get("authorization") == f"Bearer {FAKE_API_KEY}"
-        for r in upstream.requests
+    # Its own scripts' requests: other tests' servers use other keys.
+    requests = [r for script in scripts for r in script.requests]
+    assert requests and all(
+        r.headers.get("authorization") == f"Bearer {FAKE_API_KEY}" for r in requests
     ), "the servers should use the key with the upstream"
     secret_parts = [FAKE_API_KEY.encode(), FAKE_API_KEY[-12:].encode()]
     for answer in answers:
@@ -63,3 +77,58 @@ def test_the_key_appears_in_no_response_and_no_log_line(
         log = server.log()
         assert log, server.name
         assert FAKE_API_KEY[-12:] not in log, server.name
+
+
+@pytest.mark.parametrize("key_name", ODD_KEYS.keys())
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(FLASK_GUNICORN, id="flask"),
+        pytest.param(DJANGO_GUNICORN, id="django"),
+    ],
+)
+def test_a_key_that_looks_like_nothing_is_still_never_passed_on(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind, key_name: str
+) -> None:
+    """Hex, ``fw_...`` or a JWT: no pattern knows them, so their values are removed."""
+    server = pool.get(kind, f"key-{key_name}")
+    key = ODD_KEYS[key_name]
+    quoted = f"Invalid deployment for key {RECEIVED_KEY} (region mismatch)"
+    body = {"error": {"message": quoted, "type": "invalid_request_error"}}
+    scripts = {
+        "400": upstream.script(status=400, body=body),
+        "200-json-error": upstream.script(body=body),
+        "error-chunk-first": upstream.script(ErrorEvent(quoted)),
+        "error-chunk-midway": upstream.script(Text("a"), ErrorEvent(quoted)),
+    }
+    log_start = len(server.log())
+    answers: list[tuple[str, str, bytes]] = []
+    for name, script in scripts.items():
+        prompt = f"k {script.marker}"
+        for path, response in [
+            ("GET", get_chat(server, prompt)),
+            ("SSE", post_json(server, "/completions/chat", {"prompt": prompt})),
+        ]:
+            answers.append((name, path, str(response[1]).encode() + response[2]))
+        try:
+            raw = post_json(server, "/api/stream", {"message": prompt})[2]
+        except http.client.IncompleteRead as cut:  # a cut-off raw body
+            raw = cut.partial
+        answers.append((name, "RAW", raw))
+        received = script.wait_for_request().headers["authorization"]
+        assert received == f"Bearer {key}", "the server should send the odd key"
+    for name, path, answer in answers:
+        assert key.encode() not in answer, (name, path, answer[-300:])
+        if name != "error-chunk-midway" or path != "RAW":  # the message is passed on
+            assert b"Invalid deployment for key [redacted]" in answer, (
+                name,
+                path,
+                answer,
+            )
+    sentinel = f"/after-the-odd-key-{uuid.uuid4().hex}"
+    server.request("GET", sentinel)  # its access log line comes after theirs
+    deadline = time.monotonic() + 5
+    while sentinel not in (log := server.log()[log_start:]):
+        assert time.monotonic() < deadline, "the sentinel should be logged"
+        time.sleep(0.05)
+    assert key not in log

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -23,6 +24,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types import Completion
@@ -296,7 +298,8 @@ def test_a_lone_surrogate_goes_out_as_the_replacement_character() -> None:
     # JSON can carry half a surrogate pair ("\ud83d"); streaming._utf8's comment
     # promises U+FFFD for it.
     assert sse_event("a\ud83db") == "data: a\ufffdb\n\n".encode()
-    assert collect(text_stream([sse_bytes(chat("a\ud83db"))])) == "a\ufffdb".encode()
+    raw = sse_bytes(chat("a\ud83db"), "[DONE]")
+    assert collect(text_stream([raw])) == "a\ufffdb".encode()
 
 
 PIECES = ["\r", "\n", "\r\n", ":", "data: ", "event: error", "id: 1", " ", "é", "😀"]
@@ -367,30 +370,42 @@ def test_every_accepted_upstream_gives_the_same_raw_text(
 
 
 HI = chat("hi")
+STOP = {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
 EXTRA = {"x_groq": {"id": "q"}, "system_fingerprint": None, "service_tier": "flex"}
 MESSAGE = {"index": 0, "message": {"role": "assistant", "content": "hi"}}
+MESSAGE |= {"finish_reason": "stop"}
 QUIRKS = {
-    "extra-fields": sse_bytes(chat("hi", logprobs=None, reasoning=None) | EXTRA),
+    "extra-fields": sse_bytes(chat("hi", logprobs=None, reasoning=None) | EXTRA) + DONE,
     "chat-completion-objects": sse_bytes(
         {"object": "chat.completion", "choices": [MESSAGE]}
     ),
-    "empty-choices": sse_bytes({**CHUNK, "choices": []}, HI),
-    "no-choices-key": sse_bytes({"id": "x"}, HI),
-    "no-done": sse_bytes(HI),
-    "no-final-blank-line": sse_bytes(HI)[:-1],
+    "empty-choices": sse_bytes({**CHUNK, "choices": []}, HI, "[DONE]"),
+    "no-choices-key": sse_bytes({"id": "x"}, HI, "[DONE]"),
+    "finish-reason-without-done": sse_bytes(HI, STOP),
+    "no-final-blank-line": sse_bytes(HI, STOP)[:-1],
     "comments": b": OPENROUTER PROCESSING\n\n" + sse_bytes(HI) + b": ping\n\n" + DONE,
-    "event-id-retry-fields": b"event: message\nid: 7\nretry: 100\n" + sse_bytes(HI),
+    "event-id-retry-fields": b"event: message\nid: 7\nretry: 100\n"
+    + sse_bytes(HI, "[DONE]"),
     "crlf": sse_bytes(HI, "[DONE]", eol="\r\n"),
     "cr": sse_bytes(HI, "[DONE]", eol="\r"),
-    "no-space-after-colon": b"data:" + sse_bytes(HI)[6:],
+    "no-space-after-colon": b"data:" + sse_bytes(HI, "[DONE]")[6:],
     "done-with-spaces": sse_bytes(HI, " [DONE] ", chat("nope")),
     "text-after-done": sse_bytes(HI, "[DONE]", chat("nope")),
-    "other-choices": sse_bytes(chat("nope", index=1), HI),
-    "null-content-tool-calls": sse_bytes(chat(None), HI, chat(None, tool_calls=[])),
-    "legacy-text": sse_bytes({"choices": [{"index": 0, "text": "hi"}]}),
-    "empty-delta-and-text": sse_bytes({"choices": [{"delta": {}, "text": ""}]}, HI),
+    "other-choices": sse_bytes(chat("nope", index=1), HI, "[DONE]"),
+    "null-content-tool-calls": sse_bytes(
+        chat(None), HI, chat(None, tool_calls=[]), "[DONE]"
+    ),
+    "legacy-text": sse_bytes({"choices": [{"index": 0, "text": "hi"}]}, "[DONE]"),
+    "legacy-finish-reason": sse_bytes(
+        {"choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]}
+    ),
+    "empty-delta-and-text": sse_bytes(
+        {"choices": [{"delta": {}, "text": ""}]}, HI, "[DONE]"
+    ),
     "other-responses-events": sse_bytes(
-        {"type": "response.in_progress"}, text_delta("hi")
+        {"type": "response.in_progress"},
+        text_delta("hi"),
+        {"type": "response.completed", "response": RESPONSE},
     ),
 }
 
@@ -539,8 +554,8 @@ def test_raw_sse_split_anywhere_gives_back_the_text(
         if data.draw(st.booleans()):
             body += f": ping{eol}event: message{eol}".encode()
         body += sse_bytes(chat(delta), eol=eol, ascii_json=data.draw(st.booleans()))
-    if data.draw(st.booleans()):
-        body += DONE
+    # Either end of a whole stream: [DONE], or a finish reason and the body's end.
+    body += DONE if data.draw(st.booleans()) else sse_bytes(STOP)
     points = data.draw(st.lists(st.integers(1, max(1, len(body) - 1)), max_size=12))
     assert collect(text_stream(split(body, points))) == "".join(deltas).encode()
 
@@ -1128,3 +1143,351 @@ def test_chunks_without_text_do_not_hold_back_keepalives() -> None:
     frames = collect(body)
     assert frames.count(KEEPALIVE) >= 2, frames
     assert frames.endswith(b"data: a\n\n" + DONE)
+
+
+# --- The keep-alive clock -------------------------------------------------------------
+
+
+def test_the_first_keepalive_comes_one_interval_after_the_start_not_two() -> None:
+    """A proxy's first-byte limit counts from the request: one interval, then more."""
+    interval = 0.4
+    started = time.monotonic()
+    body = sse_frames(Upstream([Pause(1.5), HI]), keepalive_seconds=interval)
+    frames = iter(body)
+    try:
+        assert next(frames) == KEEPALIVE
+        first = time.monotonic() - started
+        assert next(frames) == KEEPALIVE
+        second = time.monotonic() - started
+    finally:
+        close(body)
+    assert interval * 0.9 <= first < interval * 1.5, first
+    assert interval * 0.9 <= second - first < interval * 1.5, second - first
+
+
+# --- Answers cut short ----------------------------------------------------------------
+
+CUT = "The upstream's answer ended before the end of its stream."
+NOT_SSE = "The upstream answered without an event stream."
+GATEWAY_ERROR = {"error": {"message": f"Your credit balance is too low ({SECRET})"}}
+COMPLETION = {**CHUNK, "object": "chat.completion", "choices": [MESSAGE]}
+CUT_BEFORE_OUTPUT = {  # raw bodies that end before any text; the 502's message
+    "empty-body": ([b""], CUT),
+    "role-only": ([sse_bytes(chat(""))], CUT),
+    "gateway-json-error": (
+        [json.dumps(GATEWAY_ERROR).encode()],
+        "Your credit balance is too low ([redacted])",
+    ),
+    "json-error-over-two-reads": (
+        [
+            json.dumps(GATEWAY_ERROR).encode()[:9],
+            json.dumps(GATEWAY_ERROR).encode()[9:],
+        ],
+        "Your credit balance is too low ([redacted])",
+    ),
+    "one-json-completion": ([json.dumps(COMPLETION).encode()], NOT_SSE),
+    "html-error-page": ([b"<html><body>Bad gateway</body></html>"], NOT_SSE),
+}
+
+
+@pytest.mark.parametrize(
+    ("reads", "message"), CUT_BEFORE_OUTPUT.values(), ids=CUT_BEFORE_OUTPUT.keys()
+)
+@pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
+def test_a_raw_body_without_its_end_before_any_output_is_a_502(
+    stream: Callable[..., Iterable[bytes]], reads: list[bytes], message: str
+) -> None:
+    upstream = RawUpstream(reads)
+    with pytest.raises(StreamError) as info:
+        stream(upstream)
+    assert (info.value.status, info.value.type) == (502, "upstream_error")
+    assert info.value.message == message
+    assert upstream.closed.is_set()
+
+
+def test_a_raw_body_cut_after_output_is_an_error_event_or_a_cut_body() -> None:
+    reads = [sse_bytes(chat("The answer is"))]
+    completions: list[str] = []
+    body = collect(sse_frames(RawUpstream(reads), on_completion=completions.append))
+    error = json.dumps({"message": CUT, "type": "upstream_error"})
+    assert body == f"data: The answer is\n\nevent: error\ndata: {error}\n\n".encode()
+    assert completions == []
+    text = text_stream(RawUpstream(reads))
+    received: list[bytes] = []
+    with pytest.raises(UpstreamFailed, match=re.escape(CUT)):
+        received.extend(text)
+    close(text)
+    assert received == [b"The answer is"]
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(sse_bytes(STOP), id="chat-finish-reason"),
+        pytest.param(sse_bytes(legacy("")), id="legacy-finish-reason"),
+        pytest.param(
+            sse_bytes({"type": "response.completed", "response": RESPONSE}),
+            id="responses-completed",
+        ),
+    ],
+)
+def test_a_clean_end_after_a_finish_reason_is_a_whole_answer(end: bytes) -> None:
+    """Some compatible servers send no [DONE]: their finish reason ends the answer."""
+    reads = [sse_bytes(chat("hi")), end]
+    assert collect(sse_frames(RawUpstream(reads))) == b"data: hi\n\n" + DONE
+
+
+def test_sdk_objects_and_dicts_end_when_their_iterator_ends() -> None:
+    assert collect(sse_frames([chat("hi")])) == b"data: hi\n\n" + DONE
+    sdk = [ChatCompletionChunk.model_validate(chat("hi"))]
+    assert collect(text_stream(sdk)) == b"hi"
+
+
+# --- Refusals and incomplete answers -------------------------------------------------
+
+
+def responses_events(*events: dict[str, Any]) -> bytes:
+    return sse_bytes(*[e | {"sequence_number": n} for n, e in enumerate(events)])
+
+
+def incomplete(reason: str | None) -> dict[str, Any]:
+    details = {"incomplete_details": {"reason": reason} if reason else None}
+    response = RESPONSE | {"status": "incomplete", "usage": RESPONSES_USAGE} | details
+    return {"type": "response.incomplete", "response": response}
+
+
+@pytest.mark.parametrize(
+    ("reason", "sent"),
+    [("max_output_tokens", "length"), ("content_filter", "content_filter")],
+)
+def test_an_incomplete_responses_answer_says_why_and_keeps_its_usage(
+    reason: str, sent: str
+) -> None:
+    raw = responses_events(text_delta("It was the best of"), incomplete(reason))
+    usages: list[object] = []
+    body = collect(sse_frames([raw], on_usage=usages.append))
+    finish = f'event: finish\ndata: {{"reason": "{sent}"}}\n\n'.encode()
+    assert body == b"data: It was the best of\n\n" + finish + USAGE_FRAME + DONE
+    assert usages == [USAGE]
+    assert collect(text_stream([raw])) == b"It was the best of"
+
+
+def refusal_delta(text: str) -> dict[str, Any]:
+    delta = {"type": "response.refusal.delta", "delta": text}
+    return delta | {"item_id": "m1", "output_index": 0, "content_index": 0}
+
+
+def chat_refusal(text: str) -> dict[str, Any]:
+    return {**CHUNK, "choices": [{"index": 0, "delta": {"refusal": text}}]}
+
+
+REFUSAL = "I'm sorry,\nI can't help with that."
+REFUSALS = {
+    "responses": responses_events(
+        refusal_delta("I'm sorry,\n"),
+        refusal_delta("I can't help with that."),
+        {
+            "type": "response.completed",
+            "response": RESPONSE | {"usage": RESPONSES_USAGE},
+        },
+    ),
+    "chat": sse_bytes(
+        chat_refusal("I'm sorry,\n"),
+        chat_refusal("I can't help with that."),
+        STOP,
+        {**CHUNK, "choices": [], "usage": USAGE},
+        "[DONE]",
+    ),
+}
+
+
+@pytest.mark.parametrize("raw", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refusal_is_an_event_of_its_own_and_raw_text(raw: bytes) -> None:
+    tokens: list[str] = []
+    body = collect(sse_frames([raw], on_token=tokens.append))
+    events = parse_sse(body)
+    assert [(e.event, e.data) for e in events] == [
+        ("refusal", "I'm sorry,\n"),
+        ("refusal", "I can't help with that."),
+        ("usage", json.dumps(USAGE)),
+        ("message", "[DONE]"),
+    ]
+    assert body.startswith(b"event: refusal\ndata: I'm sorry,\ndata: \n\n")
+    assert tokens == [], "on_token gets the answer's text, not a refusal"
+    assert collect(text_stream([raw])) == REFUSAL.encode()
+
+
+def test_a_refusal_delta_that_reads_done_is_not_the_end() -> None:
+    body = collect(sse_frames([chat_refusal("[DONE]")]))
+    assert body == (
+        b"event: refusal\ndata: [DONE\n\nevent: refusal\ndata: ]\n\n" + DONE
+    )
+
+
+def test_an_sdk_chat_refusal_is_read_too() -> None:
+    chunk = ChatCompletionChunk.model_validate(chat_refusal("No."))
+    assert collect(sse_frames([chunk])) == b"event: refusal\ndata: No.\n\n" + DONE
+
+
+# --- Keys that look like nothing ------------------------------------------------------
+
+ODD_KEYS = {
+    "hex": "3f9a1c0e7b2d4a6f8e1c3b5d7f9a2c4e",
+    "fireworks": "fw_3ZkQpLm8Xy2Vb7Nc",
+    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
+}
+
+
+def echoing_client(stack: ExitStack, key: str, handler: Handler) -> openai.OpenAI:
+    http = stack.enter_context(httpx2.Client(transport=httpx2.MockTransport(handler)))
+    return openai.OpenAI(
+        api_key=key, base_url="http://upstream.test/v1", max_retries=0, http_client=http
+    )
+
+
+def quoting_key(status: int, body: Callable[[str], bytes]) -> Handler:
+    """An upstream whose answer quotes the bearer token it received."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        content_type = "application/json" if status != 200 else "text/event-stream"
+        headers = {"content-type": content_type}
+        return httpx2.Response(status, headers=headers, content=body(key))
+
+    return handler
+
+
+@pytest.mark.parametrize("key", ODD_KEYS.values(), ids=ODD_KEYS.keys())
+def test_the_requests_own_key_is_removed_from_an_upstream_400(
+    key: str, stack: ExitStack
+) -> None:
+    def body(k: str) -> bytes:
+        return json.dumps({"error": {"message": f"Bad deployment for {k}."}}).encode()
+
+    handler = quoting_key(400, body)
+    create = echoing_client(
+        stack, key, handler
+    ).chat.completions.with_streaming_response
+    with pytest.raises(StreamError) as info:
+        open_upstream(lambda: create.create(model="m", messages=[], stream=True))
+    assert (info.value.status, info.value.message) == (
+        400,
+        "Bad deployment for [redacted].",
+    )
+
+
+@pytest.mark.parametrize("key", ODD_KEYS.values(), ids=ODD_KEYS.keys())
+@pytest.mark.parametrize("after_output", [False, True], ids=["first", "midway"])
+def test_the_requests_own_key_is_removed_from_an_in_stream_error(
+    key: str, after_output: bool, stack: ExitStack
+) -> None:
+    def events(k: str) -> bytes:
+        error = {"error": {"message": f"Key {k} was revoked"}}
+        return sse_bytes(*([chat("a")] if after_output else []), error)
+
+    client = echoing_client(stack, key, quoting_key(200, events))
+    create = client.chat.completions.with_streaming_response.create
+    upstream = open_upstream(lambda: create(model="m", messages=[], stream=True))
+    errors: list[BaseException] = []
+    try:
+        body = collect(sse_frames(upstream, on_error=errors.append))
+    except StreamError as error:
+        body = error.body()
+    assert key.encode() not in body and b"Key [redacted] was revoked" in body
+    assert [str(e) for e in errors] == ["Key [redacted] was revoked"]
+
+
+def test_a_registered_secret_is_removed_from_every_upstream_message() -> None:
+    secret = "a1b2c3d4e5f6a7b8c9d0"
+    streaming.register_secret(secret)
+    streaming.register_secret("short")  # too short to be a key: ignored
+    upstream = Upstream([chat("a"), {"error": {"message": f"{secret} is short"}}])
+    body = collect(sse_frames(upstream))
+    assert secret.encode() not in body and b"[redacted] is short" in body
+    assert b"short" in body
+
+
+# --- openai 2 (httpx) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (httpx.ReadTimeout("slow"), 504),
+        (httpx.RemoteProtocolError("cut"), 502),
+        (httpx.ConnectError("refused"), 502),
+    ],
+)
+def test_httpx_errors_of_openai_2_map_like_httpx2s(
+    error: Exception, status: int
+) -> None:
+    upstream = Upstream([chat(""), error])
+    with pytest.raises(StreamError) as info:
+        sse_frames(upstream)
+    assert info.value.status == status
+    assert info.value.type != "upstream_error"
+
+
+# --- A client that leaves a TLS connection --------------------------------------------
+
+
+def tls_connection() -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """The server's and the client's ends of a TLS connection on 127.0.0.1."""
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted: list[ssl.SSLSocket] = []
+        handshake = threading.Thread(
+            target=lambda: accepted.append(
+                server_context.wrap_socket(listener.accept()[0], server_side=True)
+            )
+        )
+        handshake.start()
+        client = client_context.wrap_socket(
+            socket.create_connection(listener.getsockname()),
+            server_hostname="127.0.0.1",
+        )
+        handshake.join(5)
+    return accepted[0], client
+
+
+def quiet() -> Upstream:
+    """A first text, then five seconds of chunks without text: silence for a client."""
+    return Upstream([chat("a"), *[Pause(0.05), chat("")] * 100, chat("b")])
+
+
+@pytest.mark.parametrize(
+    "alert_first", [False, True], ids=["close", "alert-then-close"]
+)
+def test_a_tls_client_that_leaves_during_silence_is_noticed_at_once(
+    alert_first: bool,
+) -> None:
+    """gunicorn ``--certfile`` and ``flask run --cert`` hand over an SSLSocket, which
+    refuses ``MSG_PEEK``; a TLS client may send an alert (close_notify) before its
+    FIN, which leaves bytes to read on a connection that is gone all the same."""
+    ours, client = tls_connection()
+    upstream = quiet()
+    with ours, client:
+        body = sse_frames(upstream, keepalive_seconds=10, client_socket=ours)
+        parts = iter(body)
+        assert next(parts) == b"data: a\n\n"
+        if alert_first:  # bytes as a close_notify record would be, then the FIN
+            socket.socket.sendall(client, b"\x15\x03\x03\x00\x02\x01\x00")
+        client.close()
+        started = time.monotonic()
+        rest = b"".join(parts)
+        assert time.monotonic() - started < 1.0
+        close(body)
+    assert rest == b""
+    assert upstream.closed.is_set()
+
+
+def test_a_tls_client_that_stays_is_not_taken_for_gone() -> None:
+    ours, client = tls_connection()
+    with ours, client:
+        upstream = Upstream([chat("a"), Pause(0.6), chat("b")])
+        body = collect(sse_frames(upstream, keepalive_seconds=10, client_socket=ours))
+    assert data_of(body) == ["a", "b", "[DONE]"]

@@ -1,0 +1,66 @@
+"""The keep-alive clock starts with the request, under real servers.
+
+With a silent upstream, the headers and the first ``: keep-alive`` reach the client
+one ``STREAM_KEEPALIVE_SECONDS`` after the request, not two: a proxy with a
+first-byte limit (Heroku's router: 30 s) must never cut a default stream. Then one
+keep-alive per interval.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import LONG_KEEPALIVE_SECONDS, ServerPool
+from tests.fake_upstream import Done, FakeUpstream, Sleep, Text
+from tests.servers import DJANGO_GUNICORN, FLASK_DEV, FLASK_GUNICORN, ServerKind
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def arrivals(
+    port: int, path: str, until: bytes, limit: float
+) -> list[tuple[float, bytes]]:
+    """Each read of the raw response with its time since the request was sent."""
+    received: list[tuple[float, bytes]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        sent = time.monotonic()
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        while until not in b"".join(data for _, data in received):
+            data = sock.recv(65536)
+            if not data:
+                break
+            received.append((time.monotonic() - sent, data))
+    return received
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
+        pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
+        pytest.param(FLASK_DEV, id="flask-run"),
+    ],
+)
+def test_the_first_keepalive_comes_one_interval_after_the_request(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "long-keepalive")
+    interval = LONG_KEEPALIVE_SECONDS
+    script = upstream.script(Sleep(interval * 2.3), Text("hi"), Done())
+    path = f"/completionChat?prompt={quote(script.marker)}"
+    received = arrivals(server.port, path, b"data: hi", limit=interval * 5)
+    first_at, first = received[0]
+    assert first.startswith(b"HTTP/1.1 200"), first
+    assert interval * 0.9 <= first_at < interval * 1.6, received
+    body = b"".join(data for _, data in received)
+    assert body.count(KEEPALIVE) == 2, body
+    # The first keep-alive comes with the headers (or right after them), the second
+    # one interval later.
+    keepalive_times = [at for at, data in received if KEEPALIVE in data]
+    assert keepalive_times[0] < interval * 1.6, received
+    second = keepalive_times[-1] if len(keepalive_times) > 1 else None
+    assert second is not None and interval * 0.7 <= second - first_at, received
