@@ -28,20 +28,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the apps with their test and dev tools
 
-# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
-$(CHROMIUM):
+# System packages the tests drive for real, from Debian, in one apt-get run: Chromium
+# for the browser tests (Playwright cannot download its own here), Redis for the rate
+# limit's shared mode, nginx to test the README's proxy block as written.
+$(CHROMIUM) $(REDIS) $(NGINX) &:
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
-
-# The rate limit's Redis mode is tested against a real Redis, started by the tests.
-$(REDIS):
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
-
-# The README's nginx block is tested as written, in front of the apps, by a real nginx.
-$(NGINX):
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium redis-server nginx
 
 run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"

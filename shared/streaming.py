@@ -994,7 +994,12 @@ class _Relay:
         if self._gevent:
             import gevent
 
-            gevent.killall(self._helpers, block=True, timeout=_READER_JOIN_SECONDS)
+            try:
+                gevent.killall(self._helpers, block=True, timeout=_READER_JOIN_SECONDS)
+            except gevent.Timeout:
+                # A starved worker: they are being killed all the same, and the
+                # response must still end as it was going to, not in a 500.
+                pass
         else:
             if reader.is_alive():  # blocked on the upstream: wake it
                 _shutdown(self._chunks)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.fake_upstream import PROXY_ONLY_HOST, FakeUpstream
 from tests.forward_proxy import ForwardProxy
@@ -25,6 +26,12 @@ from tests.servers import (
     ServerKind,
     free_port,
 )
+
+# Timing is the benchmark's business: a property must not fail on a busy machine.
+settings.register_profile(
+    "suite", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("suite")
 
 # Unique per run: a test greps every response and log line for it.
 FAKE_API_KEY = f"sk-test-{uuid.uuid4().hex}"
