@@ -3,18 +3,14 @@ body caps. Both apps under gunicorn+gevent, as deployed."""
 
 from __future__ import annotations
 
-import http.client
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -27,11 +23,11 @@ from tests.conftest import (
     MAX_OUTPUT_TOKENS,
     ServerPool,
 )
+from tests.django_admin import cookies, database_with_admin, login_form
 from tests.fake_upstream import Done, FakeUpstream, Sleep, Text
 from tests.servers import (
     DJANGO_GUNICORN,
     FLASK_GUNICORN,
-    ROOT,
     Server,
     ServerKind,
     free_port,
@@ -356,48 +352,20 @@ def test_django_refuses_anonymous_users_when_sign_in_is_required(
         assert server.request("GET", "/")[0] == 200
 
 
-def manage(env: dict[str, str], *args: str) -> None:
-    """Run a ``manage.py`` command with ``env``, as an operator would."""
-    subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def cookie(headers: http.client.HTTPMessage, name: str) -> str:
-    for header in headers.get_all("Set-Cookie") or []:
-        jar: SimpleCookie = SimpleCookie(header)
-        if name in jar:
-            return jar[name].value
-    raise AssertionError(f"no {name} cookie in {headers}")
-
-
-def sign_in(server: Server, username: str, password: str) -> str:
+def sign_in(server: Server) -> str:
     """Sign in through the admin's login form, as a browser does; the session id."""
     _, headers, page = server.request("GET", "/admin/login/")
-    found = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    assert found, page[:500]
-    form = {
-        "username": username,
-        "password": password,
-        "csrfmiddlewaretoken": found.group(1).decode(),
-        "next": "/admin/",
-    }
     status, headers, body = server.request(
         "POST",
         "/admin/login/",
-        urlencode(form).encode(),
+        login_form(page).encode(),
         {
             "Content-Type": "application/x-www-form-urlencoded",
-            "Cookie": f"csrftoken={cookie(headers, 'csrftoken')}",
+            "Cookie": f"csrftoken={cookies(headers)['csrftoken'].value}",
         },
     )
     assert status == 302, body[:500]
-    return cookie(headers, "sessionid")
+    return cookies(headers)["sessionid"].value
 
 
 def files_open_in(pid: int) -> list[str]:
@@ -419,26 +387,17 @@ def test_a_signed_in_stream_holds_no_database_connection(
     Under gevent each stream has its own connection: held to the end, a thousand
     streams would hold a thousand. SQLite shows one as an open descriptor.
     """
-    database = tmp_path / "db.sqlite3"
-    env = {
-        **pool.env("plain"),
-        "DJANGO_STREAM_AUTHORIZE": "django_project.access.signed_in",
-        "DJANGO_DATABASE_PATH": str(database),
-        "DJANGO_SECRET_KEY": "test-secret-key-for-this-run-only-0123456789",
-    }
-    manage(env, "migrate", "--noinput")
-    superuser = {**env, "DJANGO_SUPERUSER_PASSWORD": "a-long-test-password"}
-    manage(
-        superuser,
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        "reader",
-        "--email",
-        "r@example.com",
+    env = database_with_admin(
+        tmp_path,
+        {
+            **pool.env("plain"),
+            "DJANGO_STREAM_AUTHORIZE": "django_project.access.signed_in",
+            "DJANGO_SECRET_KEY": "test-secret-key-for-this-run-only-0123456789",
+        },
     )
+    database = env["DJANGO_DATABASE_PATH"]
     with Server(DJANGO_GUNICORN, env, tmp_path / "db.log") as server:
-        session = sign_in(server, "reader", "a-long-test-password")
+        session = sign_in(server)
         script = upstream.script(
             Sleep(1.2), Text("late"), Done()
         )  # under the 2 s timeout
@@ -455,7 +414,7 @@ def test_a_signed_in_stream_holds_no_database_connection(
                 held = [
                     path
                     for path in files_open_in(server.worker_pid())
-                    if path.startswith(str(database))
+                    if path.startswith(database)
                 ]
                 assert held == [], "the stream holds a database connection"
                 assert texts(parse_sse(response.read())) == ["late"]

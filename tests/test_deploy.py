@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
 from tests.conftest import UPSTREAM_TIMEOUT_SECONDS, ServerPool
+from tests.django_admin import cookies, database_with_admin, login_form, manage
 from tests.fake_upstream import Done, FakeUpstream, Sleep, Text
 from tests.nginx import Nginx
-from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, ROOT, Server
+from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server
 
 TIMEOUT_SECONDS = 10.0
 # Long enough that a held-back first event would show, short of the upstream timeout.
@@ -102,26 +98,11 @@ def test_a_cross_site_post_through_nginx_is_still_refused(
     assert not script.requests
 
 
-ADMIN_PASSWORD = "a long test password"
-CSRF_INPUT = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
 # What the README's deployment sets for Django behind its TLS-terminating nginx.
 TLS_PROXY_ENV = {
     "DJANGO_BEHIND_TLS_PROXY": "1",
     "DJANGO_SECRET_KEY": "test-only secret key, long enough for the deploy check " * 2,
 }
-
-
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``python manage.py ARGS`` from the repository root, with ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -130,41 +111,21 @@ def django_behind_tls_nginx(
 ) -> Iterator[Nginx]:
     """Django under gunicorn, with a superuser, behind nginx terminating TLS."""
     directory = tmp_path_factory.mktemp("tls-proxy")
-    env = {
-        **pool.env("demo"),
-        **TLS_PROXY_ENV,
-        "DJANGO_DATABASE_PATH": str(directory / "db.sqlite3"),
-        # As with nginx on another machine: gunicorn itself trusts X-Forwarded-Proto
-        # only from 127.0.0.1, so that Django must be told to trust the proxy.
-        "FORWARDED_ALLOW_IPS": "",
-    }
-    for command in [
-        ("migrate", "--noinput", "--verbosity", "0"),
-        (
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            "admin",
-            "--email",
-            "admin@example.com",
-        ),
-    ]:
-        done = manage(
-            *command, env={**env, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
-        )
-        assert done.returncode == 0, done.stderr
+    env = database_with_admin(
+        directory,
+        {
+            **pool.env("demo"),
+            **TLS_PROXY_ENV,
+            # As with nginx on another machine: gunicorn itself trusts
+            # X-Forwarded-Proto only from 127.0.0.1, so Django must be told to.
+            "FORWARDED_ALLOW_IPS": "",
+        },
+    )
     with (
         Server(DJANGO_GUNICORN, env, directory / "gunicorn.log") as server,
         Nginx(server.port, directory, tls=True) as nginx,
     ):
         yield nginx
-
-
-def set_cookies(response: http.client.HTTPResponse) -> SimpleCookie:
-    cookies = SimpleCookie()
-    for header in response.headers.get_all("Set-Cookie") or []:
-        cookies.load(header)
-    return cookies
 
 
 def test_admin_login_works_behind_a_tls_terminating_proxy(
@@ -183,19 +144,11 @@ def test_admin_login_works_behind_a_tls_terminating_proxy(
         response = conn.getresponse()
         page = response.read()
         assert response.status == 200, page
-        csrf_cookie = set_cookies(response)["csrftoken"]
-        token = CSRF_INPUT.search(page)
-        assert token is not None, page
-        form = {
-            "csrfmiddlewaretoken": token[1].decode(),
-            "username": "admin",
-            "password": ADMIN_PASSWORD,
-            "next": "/admin/",
-        }
+        csrf_cookie = cookies(response.headers)["csrftoken"]
         conn.request(
             "POST",
             "/admin/login/",
-            urlencode(form),
+            login_form(page),
             {
                 "Content-Type": "application/x-www-form-urlencoded",
                 "Cookie": f"csrftoken={csrf_cookie.value}",
@@ -207,7 +160,7 @@ def test_admin_login_works_behind_a_tls_terminating_proxy(
     finally:
         conn.close()
     assert (response.status, response.headers["Location"]) == (302, "/admin/"), body
-    assert set_cookies(response)["sessionid"]["secure"]
+    assert cookies(response.headers)["sessionid"]["secure"]
     assert csrf_cookie["secure"]
 
 
