@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 __all__ = [
+    "MAX_EVENT_BYTES",
     "Callbacks",
     "SSE_HEADERS",
     "TEXT_HEADERS",
@@ -106,6 +107,9 @@ _DRAIN_SECONDS = 0.1
 _DRAIN_READS = 16
 # What a body that is not SSE may say (a gateway's JSON error), kept until an event.
 _SNIFF_BYTES = 4096
+# The largest event (or unfinished line) kept while it arrives: an upstream that
+# never ends its line must not grow a worker's memory until the read timeout.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 _CLIENT_CHECK_SECONDS = 0.5  # see _Relay._left_after_sending
 _TCP_ESTABLISHED = 1  # Linux's tcpi_state
 # Responses API ``incomplete_details.reason`` as the finish reasons of chat.
@@ -318,6 +322,9 @@ def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
     error = _field(chunk, "error")
     if error and _field(chunk, "type") != "response.failed":
         raise UpstreamFailed(_redact(str(_field(error, "message") or error), secrets))
+    if _field(chunk, "object") == "error":  # vLLM's ErrorResponse, not wrapped
+        message = _field(chunk, "message") or "The upstream failed."
+        raise UpstreamFailed(_redact(str(message), secrets))
     kind = _field(chunk, "type")
     # A Responses API event; other providers' chunks may carry a "type" of their own.
     if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
@@ -326,8 +333,10 @@ def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
     for choice in _field(chunk, "choices") or ():
         if _field(choice, "index") not in (0, None):
             continue
-        # Providers differ: a delta (chat), text (legacy), or a whole message.
-        message = _field(choice, "delta") or _field(choice, "message")
+        # Providers differ: a delta (chat), text (legacy), or a whole message. A
+        # delta, even an empty one beside the whole message, is what is new.
+        delta = _field(choice, "delta")
+        message = _field(choice, "message") if delta is None else delta
         text = _field(message, "content") if message else _field(choice, "text")
         if text and isinstance(text, str):  # not e.g. a list of content parts
             items.append(text)
@@ -395,6 +404,7 @@ def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
     """
     pending = b""
     data: list[bytes] = []
+    size = 0  # of ``data``
     skip_lf = False  # the last read ended with a CR: an LF next completes that CRLF
     reads = _without_bom(reads)
     for read in reads:
@@ -409,11 +419,16 @@ def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
             if not line:
                 if data:
                     events.append(b"\n".join(data).decode("utf-8", "replace"))
-                    data = []
+                    data, size = [], 0
             elif line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value.startswith(b" ") else value)
+                size += len(value)
             # event:, id:, retry: and comments carry nothing the relay needs
+        if size + len(pending) > MAX_EVENT_BYTES:
+            raise UpstreamFailed(
+                f"The upstream sent an event over {MAX_EVENT_BYTES} bytes."
+            )
         if events:
             yield events
     if data:  # tolerate a provider that ends without the final blank line

@@ -38,6 +38,7 @@ from openai.types.responses import (
 
 from shared import streaming
 from shared.streaming import (
+    MAX_EVENT_BYTES,
     SSE_HEADERS,
     TEXT_HEADERS,
     StreamError,
@@ -399,6 +400,10 @@ QUIRKS = {
     "legacy-finish-reason": sse_bytes(
         {"choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]}
     ),
+    # The whole message again in the last chunk, beside its empty delta: not new.
+    "empty-delta-and-whole-message": sse_bytes(
+        HI, {"choices": [{"index": 0, "delta": {}} | MESSAGE]}, "[DONE]"
+    ),
     "empty-delta-and-text": sse_bytes(
         {"choices": [{"delta": {}, "text": ""}]}, HI, "[DONE]"
     ),
@@ -645,6 +650,16 @@ FAILURES = [  # what the upstream sends (or raises), and the error's (type, mess
         id="error-chunk",
     ),
     pytest.param(lambda: {"error": "boom"}, failed("boom"), id="error-string"),
+    pytest.param(
+        lambda: {"object": "error", "message": f"Bad {SECRET}", "code": 400},
+        failed("Bad [redacted]"),
+        id="flat-error-object",
+    ),
+    pytest.param(
+        lambda: b"data: " + b"x" * MAX_EVENT_BYTES,
+        failed(f"The upstream sent an event over {MAX_EVENT_BYTES} bytes."),
+        id="raw-endless-line",
+    ),
     pytest.param(
         lambda: {"type": "error", "error": {"type": "overloaded", "message": "Busy"}},
         failed("Busy"),

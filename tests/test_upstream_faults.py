@@ -139,6 +139,10 @@ RAW_FAULTS = [
     pytest.param((Hangup(),), id="abrupt-close"),
     pytest.param((ErrorEvent("The model crashed"),), id="error-chunk"),
     pytest.param((Raw(b"data: {not json\n\n"),), id="malformed-chunk"),
+    pytest.param(
+        (Raw(b'data: {"object": "error", "message": "The model crashed"}\n\n'),),
+        id="flat-error-object",
+    ),
     pytest.param((Sleep(UPSTREAM_TIMEOUT_SECONDS + 1.5),), id="stall"),
 ]
 
