@@ -24,6 +24,7 @@ from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
+    Opener,
     StreamError,
     sse_frames,
     text_stream,
@@ -111,9 +112,9 @@ def _set_headers(response: HttpResponseBase, headers: dict[str, str]) -> None:
         response[name] = value
 
 
-def _sse(request: HttpRequest, chunks: Any) -> StreamingHttpResponse:
+def _sse(request: HttpRequest, opener: Opener) -> StreamingHttpResponse:
     body = sse_frames(
-        chunks,
+        opener,
         keepalive_seconds=settings.STREAM_SETTINGS.keepalive_seconds,
         client_socket=request.META.get("gunicorn.socket"),
     )
@@ -156,14 +157,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 def completion(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = _prompt(request)
-    return _sse(request, _upstream().complete(prompt))
+    return _sse(request, _upstream().completion_opener(prompt))
 
 
 @route("GET")
 def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = _prompt(request)
-    return _sse(request, _upstream().chat([{"role": "user", "content": prompt}]))
+    return _sse(request, _upstream().chat_opener([{"role": "user", "content": prompt}]))
 
 
 @route("POST")
@@ -172,7 +173,7 @@ def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
     messages = messages_from_json(
         _json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars
     )
-    return _sse(request, _upstream().chat(messages))
+    return _sse(request, _upstream().chat_opener(messages))
 
 
 @route("POST")
@@ -182,6 +183,7 @@ def api_stream(request: HttpRequest) -> StreamingHttpResponse:
         _json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars
     )
     body = text_stream(
-        _upstream().chat(messages), client_socket=request.META.get("gunicorn.socket")
+        _upstream().chat_opener(messages),
+        client_socket=request.META.get("gunicorn.socket"),
     )
     return StreamingHttpResponse(body, headers=TEXT_HEADERS)

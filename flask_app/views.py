@@ -25,6 +25,7 @@ from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
+    Opener,
     StreamError,
     sse_frames,
     text_stream,
@@ -141,10 +142,10 @@ def _upstream() -> Upstream:
     return upstream
 
 
-def _sse(chunks: Any) -> Response:
+def _sse(opener: Opener) -> Response:
     return Response(
         sse_frames(
-            chunks,
+            opener,
             keepalive_seconds=_settings().keepalive_seconds,
             client_socket=_client_socket(),
         ),
@@ -193,26 +194,28 @@ def healthz() -> Response:
 def completion() -> Response:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = _prompt()
-    return _sse(_upstream().complete(prompt))
+    return _sse(_upstream().completion_opener(prompt))
 
 
 @route("/completionChat", "GET")
 def completion_chat() -> Response:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = _prompt()
-    return _sse(_upstream().chat([{"role": "user", "content": prompt}]))
+    return _sse(_upstream().chat_opener([{"role": "user", "content": prompt}]))
 
 
 @route("/completions/chat", "POST")
 def completions_chat() -> Response:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
     messages = messages_from_json(_json(), "prompt", _settings().max_prompt_chars)
-    return _sse(_upstream().chat(messages))
+    return _sse(_upstream().chat_opener(messages))
 
 
 @route("/api/stream", "POST")
 def api_stream() -> Response:
     """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
     messages = messages_from_json(_json(), "message", _settings().max_prompt_chars)
-    body = text_stream(_upstream().chat(messages), client_socket=_client_socket())
+    body = text_stream(
+        _upstream().chat_opener(messages), client_socket=_client_socket()
+    )
     return Response(body, headers=TEXT_HEADERS)

@@ -31,6 +31,10 @@ Deliberate choices a reader might want to "fix":
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
   that a client never mistakes a failure for a short answer.
+- The relay can send the upstream request itself (given an :data:`Opener`): an
+  upstream that holds back its headers is then silence like any other, so the
+  keep-alive clock still starts with the request, and a client that leaves while
+  the request waits cancels it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, TypeGuard, Unpack
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -56,6 +60,7 @@ __all__ = [
     "SSE_HEADERS",
     "TEXT_HEADERS",
     "ClientDisconnected",
+    "Opener",
     "StreamError",
     "UpstreamFailed",
     "end_open_streams",
@@ -119,6 +124,8 @@ _INCOMPLETE_REASONS = {
 }
 
 Usage = dict[str, int]
+# What open_upstream() takes: sends the upstream request, returns what it answered.
+Opener = Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -579,7 +586,7 @@ def _utf8(text: str) -> bytes:
 
 
 def sse_frames(
-    chunks: Iterable[Any],
+    chunks: Iterable[Any] | Opener,
     *,
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
     client_socket: socket.socket | None = None,
@@ -590,9 +597,13 @@ def sse_frames(
 
     Waits up to ``keepalive_seconds`` for the first output and raises
     :class:`StreamError` if the upstream fails before it, so the view can still
-    answer with a status. ``client_socket`` (the WSGI server's, e.g.
-    ``environ["gunicorn.socket"]``) lets a client that leaves be noticed while the
-    upstream is silent. Close the returned body (WSGI servers do) to end the stream.
+    answer with a status. ``chunks`` may be an :data:`Opener` instead (what
+    :func:`open_upstream` takes): the request is then sent by the relay, within
+    that wait, so that an upstream slow to send its headers still gets its first
+    keep-alive one interval after the request. ``client_socket`` (the WSGI
+    server's, e.g. ``environ["gunicorn.socket"]``) lets a client that leaves be
+    noticed while the upstream is silent. Close the returned body (WSGI servers do)
+    to end the stream.
     """
 
     def frames(relay: _Relay) -> Iterator[bytes]:
@@ -618,7 +629,7 @@ def sse_frames(
 
 
 def text_stream(
-    chunks: Iterable[Any],
+    chunks: Iterable[Any] | Opener,
     *,
     client_socket: socket.socket | None = None,
     **callbacks: Unpack[Callbacks],
@@ -627,9 +638,11 @@ def text_stream(
     :class:`UpstreamFailed`.
 
     Waits for the first output and raises :class:`StreamError` if the upstream fails
-    before it. A later failure's exception makes the WSGI server drop the connection
-    without the body's final chunk, so a client sees an error rather than a silently
-    shortened answer.
+    before it. ``chunks`` may be an :data:`Opener`, as for :func:`sse_frames`: a
+    client that leaves while the request waits for its answer then cancels it. A
+    later failure's exception makes the WSGI server drop the connection without the
+    body's final chunk, so a client sees an error rather than a silently shortened
+    answer.
     """
 
     def texts(relay: _Relay) -> Iterator[bytes]:
@@ -785,12 +798,14 @@ class _Relay:
 
     def __init__(
         self,
-        chunks: Iterable[Any],
+        chunks: Iterable[Any] | Opener,
         keepalive_seconds: float | None,
         client_socket: socket.socket | None,
         callbacks: _Callbacks,
     ) -> None:
-        self._chunks = chunks
+        self._opener: Opener | None = chunks if _is_opener(chunks) else None
+        # Set by the reader once it has opened the upstream, when given an opener.
+        self._chunks: object = None if self._opener else chunks
         self._keepalive = keepalive_seconds
         self._client_socket = client_socket
         self._callbacks = callbacks
@@ -804,7 +819,7 @@ class _Relay:
         self._first: object = None
         self._silent_start = False  # start() waited a whole interval for output
         self._ending: StreamError | None = None
-        self._secrets = _secrets_of(chunks)
+        self._secrets = _secrets_of(self._chunks)
 
     def start(self, first_output_within: float | None) -> None:
         """Start reading, and wait up to the given time for the first output.
@@ -842,7 +857,7 @@ class _Relay:
                 self.close()
                 if self._callbacks.on_error:
                     self._callbacks.on_error(item)
-                if isinstance(item, StreamError):  # from end_open_streams()
+                if isinstance(item, StreamError):  # end_open_streams(), open_upstream()
                     raise item
                 raise _as_stream_error(item) from item
             self._first = item
@@ -909,12 +924,13 @@ class _Relay:
             self._helpers.append(thread)
 
     def _read(self) -> None:
-        reads = iter(
-            self._chunks.iter_bytes()
-            if hasattr(self._chunks, "iter_bytes")
-            else self._chunks
-        )
         try:
+            if self._opener is not None and not self._open():
+                return
+            chunks: Any = self._chunks
+            reads = iter(
+                chunks.iter_bytes() if hasattr(chunks, "iter_bytes") else chunks
+            )
             for batch in _batches(reads, self._secrets):
                 if not self._put(batch):
                     return
@@ -932,6 +948,18 @@ class _Relay:
             # Close the upstream response even when the client left mid-stream:
             # this is what stops the model generating (and billing).
             _close(self._chunks)
+
+    def _open(self) -> bool:
+        """Send the upstream request; False if the stream was closed meanwhile.
+
+        Under threads nothing can interrupt a request waiting for its answer: what
+        it opens after the stream was closed is closed by the caller's ``finally``.
+        Under gevent the reader is killed, and the transport closes its connection.
+        """
+        assert self._opener is not None
+        self._chunks = open_upstream(self._opener)
+        self._secrets = _secrets_of(self._chunks)
+        return not self._stop.is_set()
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
@@ -999,7 +1027,7 @@ class _Relay:
         with _open_relays_lock:
             _open_relays.discard(self)
         if not self._started:
-            _close(self._chunks)  # opened by the view, never read
+            _close(self._chunks)  # opened by the view (if not an opener), never read
             return
         if not self._helpers:
             return  # closed already
@@ -1056,6 +1084,11 @@ def _shutdown(chunks: object) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already closed
+
+
+def _is_opener(chunks: object) -> TypeGuard[Opener]:
+    """``chunks`` is an :data:`Opener` rather than an opened upstream."""
+    return callable(chunks) and not hasattr(chunks, "__iter__")
 
 
 def _close(chunks: object) -> None:

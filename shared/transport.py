@@ -146,15 +146,25 @@ class LeanTransport(httpx2.BaseTransport):
         scheme, host, port = origin
         try:
             sock = socket.create_connection((host, port), timeouts.get("connect"))
+        except TimeoutError as exc:
+            raise httpx2.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpx2.ConnectError(str(exc)) from exc
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
                 if self._ssl_context is None:  # made here, after gevent's patching
                     self._ssl_context = httpx2.create_ssl_context()
                 sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
-        except TimeoutError as exc:
-            raise httpx2.ConnectTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpx2.ConnectError(str(exc)) from exc
+        except BaseException as exc:
+            # Also a greenlet killed in the TLS handshake (its stream was closed):
+            # the upstream must see the connection end now, not at garbage collection.
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise httpx2.ConnectTimeout(str(exc)) from exc
+            if isinstance(exc, OSError):
+                raise httpx2.ConnectError(str(exc)) from exc
+            raise
         return _Connection(sock)
 
 

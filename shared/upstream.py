@@ -9,9 +9,10 @@ before ``fork`` would be shared by every worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ import openai
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import open_upstream
+from shared.streaming import Opener
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,13 @@ Messages = list[dict[str, str]]
 
 
 class Upstream:
-    """Opens streamed completions for the routes, per the settings."""
+    """The requests of streamed completions for the routes, per the settings.
+
+    Each call returns an :data:`~shared.streaming.Opener`, not an opened stream: the
+    relay sends the request itself, so that its keep-alive clock starts with the
+    client's request even when the upstream is slow to answer, and a client that
+    leaves meanwhile cancels the request.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -76,18 +83,18 @@ class Upstream:
             http_client=LeanHttpClient(),
         )
 
-    def chat(self, messages: Messages) -> Iterable[Any]:
-        """Stream a chat answer through Chat Completions or the Responses API."""
+    def chat_opener(self, messages: Messages) -> Opener:
+        """A chat answer's stream, through Chat Completions or the Responses API."""
         settings, client = self.settings, self.client
         if settings.chat_api == "responses":
-            return _raw_stream(
+            return _raw_stream_opener(
                 client.responses.with_streaming_response.create,
                 model=settings.model,
                 input=messages,
                 stream=True,
                 **self._output_cap("max_output_tokens"),
             )
-        return _raw_stream(
+        return _raw_stream_opener(
             client.chat.completions.with_streaming_response.create,
             model=settings.model,
             messages=messages,
@@ -96,9 +103,9 @@ class Upstream:
             **self._output_cap("max_completion_tokens"),
         )
 
-    def complete(self, prompt: str) -> Iterable[Any]:
-        """Stream a legacy completion for ``prompt``."""
-        return _raw_stream(
+    def completion_opener(self, prompt: str) -> Opener:
+        """A legacy completion's stream, for ``prompt``."""
+        return _raw_stream_opener(
             self.client.completions.with_streaming_response.create,
             model=self.settings.completion_model,
             prompt=prompt,
@@ -134,15 +141,15 @@ class LeanHttpClient(openai.DefaultHttpxClient):
         return LeanTransport()
 
 
-def _raw_stream(create: Callable[..., Any], **params: Any) -> Iterable[Any]:
+def _raw_stream_opener(create: Callable[..., Any], **params: Any) -> Opener:
     """Send the request through the SDK, but read the answer as raw SSE bytes.
 
     The SDK still builds the URL, authenticates, retries and maps an error status to
     its exceptions (all before the first byte), but builds no pydantic object per
     chunk: ``shared.streaming`` parses the bytes itself, at a small fraction of the
-    CPU. The result has ``iter_bytes()`` and ``close()``, as the core expects.
+    CPU. Opened, the answer has ``iter_bytes()`` and ``close()``, as the core expects.
     """
-    return open_upstream(lambda: create(**params))  # type: ignore[no-any-return]
+    return functools.partial(create, **params)
 
 
 def _without_credentials(base_url: str | None) -> str:

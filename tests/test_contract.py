@@ -370,16 +370,40 @@ def test_other_upstream_failures_are_502_without_the_upstream_text(
 def test_upstream_timeout_before_the_first_byte_is_504(
     server: Server, fake: FakeUpstream
 ) -> None:
+    """Raw text has no keep-alive: its first byte waits for the upstream's."""
     from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
 
     script = fake.script(
         Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6
     )
     response = post_json(
-        server, "/completions/chat", {"prompt": f"slow {script.marker}"}, timeout=60
+        server, "/api/stream", {"message": f"slow {script.marker}"}, timeout=60
     )
     assert response[0] == 504
     assert error_of(response)["type"] == "upstream_timeout"
+
+
+def test_upstream_timeout_after_the_first_keepalive_is_an_error_event(
+    server: Server, fake: FakeUpstream
+) -> None:
+    """SSE: an upstream that holds back its headers is silence like any other, so
+    the first keep-alive (a first byte) goes out one interval after the request,
+    before a longer upstream timeout can be answered with a status."""
+    from tests.conftest import KEEPALIVE_SECONDS, UPSTREAM_TIMEOUT_SECONDS
+
+    assert KEEPALIVE_SECONDS < UPSTREAM_TIMEOUT_SECONDS
+    script = fake.script(
+        Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6
+    )
+    status, _, body = post_json(
+        server, "/completions/chat", {"prompt": f"slow {script.marker}"}, timeout=60
+    )
+    assert status == 200
+    assert body.startswith(b": keep-alive\n\n") and b"[DONE]" not in body
+    events = parse_sse(body)
+    assert texts(events) == []
+    assert events[-1].event == "error"
+    assert json.loads(events[-1].data)["type"] == "upstream_timeout"
 
 
 def test_upstream_timeout_mid_stream_is_an_error_event(

@@ -3,7 +3,8 @@
 With a silent upstream, the headers and the first ``: keep-alive`` reach the client
 one ``STREAM_KEEPALIVE_SECONDS`` after the request, not two: a proxy with a
 first-byte limit (Heroku's router: 30 s) must never cut a default stream. Then one
-keep-alive per interval.
+keep-alive per interval. That holds too for an upstream that holds back its status
+line and headers, and a client that leaves meanwhile cancels the upstream request.
 """
 
 from __future__ import annotations
@@ -37,14 +38,18 @@ def arrivals(
     return received
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
-        pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
-        pytest.param(FLASK_DEV, id="flask-run"),
-    ],
-)
+CLOCK_SERVERS = [
+    pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
+    pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
+    pytest.param(FLASK_DEV, id="flask-run"),
+]
+GEVENT_SERVERS = [
+    pytest.param(FLASK_GUNICORN, id="flask-gunicorn"),
+    pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
+]
+
+
+@pytest.mark.parametrize("kind", CLOCK_SERVERS)
 def test_the_first_keepalive_comes_one_interval_after_the_request(
     pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
 ) -> None:
@@ -64,3 +69,44 @@ def test_the_first_keepalive_comes_one_interval_after_the_request(
     assert keepalive_times[0] < interval * 1.6, received
     second = keepalive_times[-1] if len(keepalive_times) > 1 else None
     assert second is not None and interval * 0.7 <= second - first_at, received
+
+
+@pytest.mark.parametrize("kind", CLOCK_SERVERS)
+def test_an_upstream_slow_to_send_its_headers_still_gets_the_first_keepalive_in_time(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    server = pool.get(kind, "long-keepalive")
+    interval = LONG_KEEPALIVE_SECONDS
+    script = upstream.script(Text("hi"), Done(), headers_delay=interval * 2.5)
+    path = f"/completionChat?prompt={quote(script.marker)}"
+    received = arrivals(server.port, path, b"data: hi", limit=interval * 6)
+    first_at, first = received[0]
+    assert first.startswith(b"HTTP/1.1 200"), first
+    assert interval * 0.9 <= first_at < interval * 1.6, received
+    body = b"".join(data for _, data in received)
+    assert body.count(KEEPALIVE) == 2, body
+
+
+@pytest.mark.parametrize("leave_after", [0.25, 1.5], ids=["before", "after-keepalive"])
+@pytest.mark.parametrize("kind", GEVENT_SERVERS)
+def test_a_client_that_leaves_while_the_upstream_holds_its_headers_cancels_it(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind, leave_after: float
+) -> None:
+    """Before the first byte (the server still waits for output) or after the first
+    keep-alive: either way the upstream sees the request dropped within a second."""
+    server = pool.get(kind, "long-keepalive")
+    interval = LONG_KEEPALIVE_SECONDS
+    script = upstream.script(Text("hi"), Done(), headers_delay=interval * 4)
+    path = f"/completionChat?prompt={quote(script.marker)}"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        request = script.wait_for_request()
+        if leave_after > 1:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first keep-alive
+        leave_at = request.received_at + interval * leave_after
+        time.sleep(max(0.0, leave_at - time.monotonic()))
+    left_at = time.monotonic()
+    script.wait_disconnected(timeout=interval * 3)
+    disconnected_at = script.requests[0].disconnected_at
+    assert disconnected_at is not None and disconnected_at - left_at < 1.0
+    assert len(script.requests) == 1, "a cancelled request is not retried"

@@ -1506,3 +1506,121 @@ def test_a_tls_client_that_stays_is_not_taken_for_gone() -> None:
         upstream = Upstream([chat("a"), Pause(0.6), chat("b")])
         body = collect(sse_frames(upstream, keepalive_seconds=10, client_socket=ours))
     assert data_of(body) == ["a", "b", "[DONE]"]
+
+
+# --- Upstreams the relay opens itself -------------------------------------------------
+
+
+class SlowOpener:
+    """An opener whose request waits until ``release()`` (or ``seconds``), then
+    answers ``upstream`` or raises ``failure``; like an upstream holding its headers."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        seconds: float = 10.0,
+        failure: Exception | None = None,
+    ) -> None:
+        self.upstream, self.seconds, self.failure = upstream, seconds, failure
+        self.answered = threading.Event()
+        self._released = threading.Event()
+
+    def __call__(self) -> Upstream:
+        self._released.wait(self.seconds)
+        self.answered.set()
+        if self.failure is not None:
+            raise self.failure
+        return self.upstream
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
+def test_an_opener_gives_the_same_body_as_the_stream_it_opens(
+    stream: Callable[..., Iterable[bytes]],
+) -> None:
+    upstream = RawUpstream([raw_chat()])
+    expected = EXPECTED_SSE if stream is sse_frames else EXPECTED_TEXT
+    assert collect(stream(lambda: upstream)) == expected
+    assert upstream.closed.is_set()
+
+
+@pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
+def test_an_opener_failing_within_the_interval_is_still_a_status(
+    stream: Callable[..., Iterable[bytes]],
+) -> None:
+    """E.g. an upstream 429, or a timeout shorter than the keep-alive interval."""
+    failure = openai.APITimeoutError(REQUEST)
+    opener = SlowOpener(Upstream([HI]), seconds=0.05, failure=failure)
+    keepalive = {"keepalive_seconds": 2.0} if stream is sse_frames else {}
+    with pytest.raises(StreamError) as info:
+        stream(opener, **keepalive)
+    assert (info.value.status, info.value.type) == (504, TIMED_OUT[0])
+
+
+def test_an_opener_slower_than_the_interval_starts_the_clock_with_the_request() -> None:
+    """Keep-alives from one interval after the request, then the late failure as an
+    ``event: error`` (the first byte went out already)."""
+    interval = 0.3
+    failure = openai.APITimeoutError(REQUEST)
+    opener = SlowOpener(Upstream([HI]), seconds=interval * 2.5, failure=failure)
+    started = time.monotonic()
+    body = sse_frames(opener, keepalive_seconds=interval)
+    frames = iter(body)
+    try:
+        assert next(frames) == KEEPALIVE
+        first = time.monotonic() - started
+        rest = b"".join(frames)
+    finally:
+        close(body)
+    assert interval * 0.9 <= first < interval * 1.5, first
+    assert rest.startswith(KEEPALIVE) and DONE not in rest
+    event = parse_sse(rest)[-1]
+    assert (event.event, json.loads(event.data)["type"]) == ("error", TIMED_OUT[0])
+
+
+@pytest.mark.parametrize("stream", STREAMS.values(), ids=STREAMS.keys())
+def test_a_client_that_leaves_while_the_upstream_opens_ends_the_stream(
+    stream: Callable[..., Iterable[bytes]],
+) -> None:
+    ours, theirs = socket.socketpair()
+    opener = SlowOpener(trickle())
+    with ours, theirs:
+        threading.Timer(0.2, theirs.close).start()
+        started = time.monotonic()
+        body = stream(opener, client_socket=ours)
+        assert collect(body).replace(KEEPALIVE, b"") == b""
+        assert time.monotonic() - started < 2.5  # the thread's join waits one second
+    opener.release()
+    assert opener.upstream.closed.wait(2.0), "what opens after the close is closed"
+    assert opener.upstream.reads == 0
+
+
+def test_a_stream_closed_while_the_upstream_opens_closes_what_it_opens() -> None:
+    opener = SlowOpener(trickle())
+    body = sse_frames(opener, keepalive_seconds=0.05)
+    assert next(iter(body)) == KEEPALIVE
+    close(body)
+    assert not opener.answered.is_set()
+    opener.release()
+    assert opener.upstream.closed.wait(2.0)
+    assert opener.upstream.reads == 0
+
+
+def test_a_stream_still_opening_at_shutdown_is_answered_503() -> None:
+    opener = SlowOpener(trickle())
+    threading.Timer(0.2, streaming.end_open_streams).start()
+    with pytest.raises(StreamError) as info:
+        sse_frames(opener, keepalive_seconds=5.0)
+    assert info.value.status == 503
+    opener.release()
+    assert opener.upstream.closed.wait(2.0)
+
+
+def test_an_iterable_that_is_also_callable_is_read_not_called() -> None:
+    class CallableChunks(list[Any]):
+        def __call__(self) -> None:
+            raise AssertionError("an opened upstream was called")
+
+    assert collect(sse_frames(CallableChunks([HI]))) == b"data: hi\n\n" + DONE

@@ -20,15 +20,26 @@ from tests.servers import (
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS, ids=[k.name for k in ALL_KINDS])
-def test_an_unreachable_upstream_is_502(pool: ServerPool, kind: ServerKind) -> None:
+def test_an_unreachable_upstream_is_a_502_or_an_error_event(
+    pool: ServerPool, kind: ServerKind
+) -> None:
+    """Raw text waits for the SDK's retries; SSE sends its first keep-alive first.
+
+    The retries' backoff (about 1 s in all) outlasts the 0.5 s keep-alive interval,
+    which counts from the request: on the SSE routes the failure comes after the
+    first byte, as an ``event: error``.
+    """
     server = pool.get(kind, "refused")
-    for path, payload in (
-        ("/completions/chat", {"prompt": "hi"}),
-        ("/api/stream", {"message": "hi"}),
-    ):
-        response = post_json(server, path, payload, timeout=30)
-        assert response[0] == 502
-        assert error_of(response)["type"] == "upstream_connection_error"
+    response = post_json(server, "/api/stream", {"message": "hi"}, timeout=30)
+    assert response[0] == 502
+    assert error_of(response)["type"] == "upstream_connection_error"
+    status, _, body = post_json(
+        server, "/completions/chat", {"prompt": "hi"}, timeout=30
+    )
+    assert status == 200 and body.startswith(b": keep-alive\n\n")
+    events = parse_sse(body)
+    assert events[-1].event == "error" and b"[DONE]" not in body
+    assert json.loads(events[-1].data)["type"] == "upstream_connection_error"
 
 
 @pytest.mark.parametrize(
