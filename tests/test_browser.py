@@ -288,10 +288,22 @@ def test_upstream_429_is_shown_with_retry_after(
 def test_eventsource_error_before_the_stream_is_shown(
     chat: ChatPage, upstream: FakeUpstream
 ) -> None:
-    script = upstream.script(status=503, body={"error": {"message": "down"}})
+    # A 400 is answered at once, never retried: an HTTP error, before any byte. (A
+    # 503's retries outlast the keep-alive interval: that one is an `event: error`.)
+    script = upstream.script(status=400, body={"error": {"message": "too long"}})
     chat.send(f"Anyone there? {script.marker}", "eventsource")
     expect(chat.status).to_contain_text("could not be opened", timeout=WAIT_MS)
-    chat.forgive(r"status of 502|MIME type")
+    chat.forgive(r"status of 400|MIME type")
+
+
+def test_eventsource_shows_an_upstream_failure_that_outlasts_the_keepalive(
+    chat: ChatPage, upstream: FakeUpstream
+) -> None:
+    """The SDK's retries of a 503 outlast one keep-alive interval: the response has
+    started, and the server's own ``event: error`` says what failed."""
+    script = upstream.script(status=503, body={"error": {"message": "down"}})
+    chat.send(f"Anyone there? {script.marker}", "eventsource")
+    expect(chat.status).to_contain_text("The upstream answered 503.", timeout=WAIT_MS)
 
 
 def test_page_says_which_upstream_is_used(
