@@ -21,11 +21,10 @@ from pathlib import Path
 
 import trustme
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, free_port, stop_process
 
 NGINX = Path("/usr/sbin/nginx")
 START_TIMEOUT_SECONDS = 10.0
-STOP_TIMEOUT_SECONDS = 10.0
 _PROXY_PASS = re.compile(r"proxy_pass http://127\.0\.0\.1:\d+;")
 
 
@@ -102,14 +101,7 @@ class Nginx:
 
     def stop(self) -> None:
         """SIGQUIT (nginx's graceful stop), then SIGKILL: only the process started."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT_SECONDS)
+        stop_process(self.process, signal.SIGQUIT)
 
     def log(self) -> str:
         logs = [self.directory / "stderr.log", self.directory / "error.log"]

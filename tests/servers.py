@@ -144,14 +144,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period: only the process we started."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT_SECONDS)
+        stop_process(self.process, signal.SIGTERM)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -194,3 +187,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, stop: signal.Signals) -> None:
+    """``stop``, then SIGKILL after a grace period, to a process a test started."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(stop)
+    try:
+        process.wait(STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT_SECONDS)
