@@ -146,6 +146,11 @@ class Server:
         """SIGTERM, then SIGKILL after a grace period: only the process we started."""
         stop_process(self.process, signal.SIGTERM)
 
+    def begin_stopping(self) -> None:
+        """SIGTERM without waiting: servers stopped together take one grace period."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -194,6 +199,11 @@ def stop_process(process: subprocess.Popen[bytes] | None, stop: signal.Signals) 
     if process is None or process.poll() is not None:
         return
     process.send_signal(stop)
+    wait_or_kill(process)
+
+
+def wait_or_kill(process: subprocess.Popen[bytes]) -> None:
+    """Wait a grace period for a process told to stop, then SIGKILL it."""
     try:
         process.wait(STOP_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
