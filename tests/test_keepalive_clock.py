@@ -16,8 +16,8 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import LONG_KEEPALIVE_SECONDS, ServerPool
-from tests.fake_upstream import Done, FakeUpstream, Sleep, Text
-from tests.servers import DJANGO_GUNICORN, FLASK_DEV, FLASK_GUNICORN, ServerKind
+from tests.fake_upstream import Done, FakeUpstream, Script, Sleep, Text
+from tests.servers import DJANGO_GUNICORN, FLASK_DEV, FLASK_GUNICORN, Server, ServerKind
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -49,20 +49,32 @@ GEVENT_SERVERS = [
 ]
 
 
-@pytest.mark.parametrize("kind", CLOCK_SERVERS)
-def test_the_first_keepalive_comes_one_interval_after_the_request(
-    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
-) -> None:
-    server = pool.get(kind, "long-keepalive")
+def answered_one_interval_in(
+    server: Server, script: Script, limit_intervals: float
+) -> list[tuple[float, bytes]]:
+    """Ask for ``script``'s answer, which starts after two silent intervals: the
+    headers come one interval after the request, with two keep-alives in all."""
     interval = LONG_KEEPALIVE_SECONDS
-    script = upstream.script(Sleep(interval * 2.3), Text("hi"), Done())
     path = f"/completionChat?prompt={quote(script.marker)}"
-    received = arrivals(server.port, path, b"data: hi", limit=interval * 5)
+    received = arrivals(
+        server.port, path, b"data: hi", limit=interval * limit_intervals
+    )
     first_at, first = received[0]
     assert first.startswith(b"HTTP/1.1 200"), first
     assert interval * 0.9 <= first_at < interval * 1.6, received
     body = b"".join(data for _, data in received)
     assert body.count(KEEPALIVE) == 2, body
+    return received
+
+
+@pytest.mark.parametrize("kind", CLOCK_SERVERS)
+def test_the_first_keepalive_comes_one_interval_after_the_request(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    interval = LONG_KEEPALIVE_SECONDS
+    script = upstream.script(Sleep(interval * 2.3), Text("hi"), Done())
+    received = answered_one_interval_in(pool.get(kind, "long-keepalive"), script, 5)
+    first_at = received[0][0]
     # The first keep-alive comes with the headers (or right after them), the second
     # one interval later.
     keepalive_times = [at for at, data in received if KEEPALIVE in data]
@@ -75,16 +87,9 @@ def test_the_first_keepalive_comes_one_interval_after_the_request(
 def test_an_upstream_slow_to_send_its_headers_still_gets_the_first_keepalive_in_time(
     pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
 ) -> None:
-    server = pool.get(kind, "long-keepalive")
     interval = LONG_KEEPALIVE_SECONDS
     script = upstream.script(Text("hi"), Done(), headers_delay=interval * 2.5)
-    path = f"/completionChat?prompt={quote(script.marker)}"
-    received = arrivals(server.port, path, b"data: hi", limit=interval * 6)
-    first_at, first = received[0]
-    assert first.startswith(b"HTTP/1.1 200"), first
-    assert interval * 0.9 <= first_at < interval * 1.6, received
-    body = b"".join(data for _, data in received)
-    assert body.count(KEEPALIVE) == 2, body
+    answered_one_interval_in(pool.get(kind, "long-keepalive"), script, 6)
 
 
 @pytest.mark.parametrize("leave_after", [0.25, 1.5], ids=["before", "after-keepalive"])
