@@ -1,9 +1,30 @@
 """Relay an OpenAI-compatible completion stream as Server-Sent Events or raw text.
 
-One framework-agnostic core that Flask and Django views (and views copied into other
-apps) mount. It reads chunks from an openai SDK stream, from plain dicts, or from the
-raw SSE bytes of any OpenAI-compatible response; yields ``bytes`` for a WSGI body;
-calls optional callbacks; and closes the upstream when the client goes away.
+One framework-agnostic module that Flask and Django views (and views copied into
+other apps) mount. It reads what the model says from an openai SDK stream, from
+plain dicts, or from the raw SSE bytes of any OpenAI-compatible response; turns it
+into typed events; writes them as ``bytes`` for a WSGI body; calls optional
+callbacks; and closes the upstream when the client goes away.
+
+The sections, in order: errors; events (what the model says, as a closed set of
+types); decoding (every upstream dialect into events); encoding (events into SSE or
+raw text); the relay (moving events from the upstream to the client, in time); and
+the entry points (:func:`sse_frames`, :func:`text_stream`).
+
+Which relay runs where:
+
+- Under gevent (gunicorn's gevent workers) each stream runs in one greenlet, the
+  response's own: it waits on the upstream socket and the client socket together,
+  with the next keep-alive as the wait's timeout, and reads the upstream only when
+  a read can't block. A client that leaves wakes it at once, even while the model
+  is silent; a client that stops reading stops it in its write, which stops the
+  upstream reads (backpressure). A helper greenlet only sends the request (it may
+  wait long for the headers), and reads when the upstream can't be waited on (a
+  transport other than this repo's, SDK objects, dicts): see :class:`Pollable`.
+- Under threads (``flask run``, ``manage.py runserver``) a helper thread reads the
+  upstream into a small bounded queue and another watches the client socket, so the
+  response thread can write keep-alives during silence and notice a client that
+  left.
 
 Deliberate choices a reader might want to "fix":
 
@@ -13,15 +34,10 @@ Deliberate choices a reader might want to "fix":
 - A delta that is exactly ``[DONE]`` goes out as two events (``[DONE`` and ``]``) so
   that only the real end of the stream reads as the end.
 - Keep-alive is an SSE comment: every parser ignores it, so it never shows as text.
-- The upstream is read by a helper thread (a greenlet under gevent) feeding a small
-  bounded queue: the response thread can then write keep-alives during silence and
-  notice a client that left, while backpressure still reaches the upstream. The
-  queue is bounded in text as well as in reads: one read at full speed can carry
-  64 KiB, and a client that stops reading must not cost megabytes.
 - The fast input is raw SSE bytes (the apps read them through the SDK's
   ``with_streaming_response``): a lean parser and one ``json.loads`` per event cost a
-  small fraction of the pydantic object the SDK builds per chunk. Whatever the
-  reader has queued goes out in one write.
+  small fraction of the pydantic object the SDK builds per chunk. What one upstream
+  read carries goes out in one write.
 - After ``[DONE]`` the rest of the HTTP body is read (normally just its end): only a
   response read to its end returns its connection to the pool, so the next request
   skips the TCP and TLS handshakes.
@@ -30,7 +46,8 @@ Deliberate choices a reader might want to "fix":
   whether its server finished or died, and a gateway's JSON error is a ``200`` too.
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
-  that a client never mistakes a failure for a short answer.
+  that a client never mistakes a failure for a short answer. A failure that is not
+  the upstream's (a bug) is logged with its traceback.
 - The relay can send the upstream request itself (given an :data:`Opener`): an
   upstream that holds back its headers is then silence like any other, so the
   keep-alive clock still starts with the request, and a client that leaves while
@@ -41,6 +58,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import queue
 import re
@@ -50,19 +68,30 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict, TypeGuard, Unpack
+from typing import Any, Protocol, TypedDict, TypeGuard, Unpack, cast
 
 __all__ = [
     "MAX_EVENT_BYTES",
-    "Callbacks",
     "SSE_HEADERS",
     "TEXT_HEADERS",
+    "Callbacks",
     "ClientDisconnected",
+    "Encoder",
+    "Error",
+    "Event",
+    "Finish",
     "Opener",
+    "Pollable",
+    "Reasoning",
+    "Refusal",
     "StreamError",
+    "Text",
+    "ToolCallDelta",
     "UpstreamFailed",
+    "Usage",
     "end_open_streams",
     "open_upstream",
     "register_secret",
@@ -84,6 +113,11 @@ TEXT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 DEFAULT_KEEPALIVE_SECONDS = 15.0
+# The largest event (or unfinished line) kept while it arrives: an upstream that
+# never ends its line must not grow a worker's memory until the read timeout.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -105,17 +139,14 @@ _secrets: set[str] = set()  # register_secret()'s
 _KEEPALIVE = b": keep-alive\n\n"
 _DONE = b"data: [DONE]\n\n"
 _QUEUE_SIZE = 32  # upstream reads buffered per stream before the upstream is paused
-_QUEUE_CHARS = 65536  # ... or this much text queued, whichever comes first
-_READER_JOIN_SECONDS = 1.0
+_QUEUE_CHARS = 65536  # ... or this much text buffered, whichever comes first
+_HELPER_JOIN_SECONDS = 1.0
 # After [DONE], how long and how many reads to wait for the end of the HTTP body.
 _DRAIN_SECONDS = 0.1
 _DRAIN_READS = 16
 # What a body that is not SSE may say (a gateway's JSON error), kept until an event.
 _SNIFF_BYTES = 4096
-# The largest event (or unfinished line) kept while it arrives: an upstream that
-# never ends its line must not grow a worker's memory until the read timeout.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
-_CLIENT_CHECK_SECONDS = 0.5  # see _Relay._left_after_sending
+_CLIENT_CHECK_SECONDS = 0.5  # see _Relay._client_closed
 _TCP_ESTABLISHED = 1  # Linux's tcpi_state
 # Responses API ``incomplete_details.reason`` as the finish reasons of chat.
 _INCOMPLETE_REASONS = {
@@ -123,30 +154,16 @@ _INCOMPLETE_REASONS = {
     "content_filter": "content_filter",
 }
 
-Usage = dict[str, int]
 # What open_upstream() takes: sends the upstream request, returns what it answered.
 Opener = Callable[[], Any]
+# --- Errors -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """A refusal delta: what the model says instead of answering."""
-
-    text: str
+class StreamingError(Exception):
+    """The base of this module's exceptions."""
 
 
-@dataclass(frozen=True)
-class _Finish:
-    """Why the answer ended, when that is worth an ``event: finish``."""
-
-    reason: str
-
-
-# What one upstream read gave: text deltas, refusals, finish reasons and usage.
-Batch = list[str | _Refusal | _Finish | Usage]
-
-
-class StreamError(Exception):
+class StreamError(StreamingError):
     """A failure to answer with an HTTP status and a JSON body, before any byte."""
 
     def __init__(
@@ -168,12 +185,18 @@ class StreamError(Exception):
         return json.dumps({"error": error}).encode()
 
 
-class UpstreamFailed(Exception):
+class UpstreamFailed(StreamingError):
     """The upstream failed after the first byte; raised to cut a raw text body off."""
+
+
+class ClientDisconnected(StreamingError):
+    """The client closed its connection; the stream ends without another byte."""
 
 
 def open_upstream(create: Callable[[], Any]) -> Any:
     """Call ``create`` and map the openai SDK's errors to a :class:`StreamError`.
+
+    Any other exception (a bug in ``create``) is logged with its traceback first.
 
     ``create`` is e.g. ``lambda: client.chat.completions.with_streaming_response
     .create(..., stream=True)`` (the fast path: raw bytes, whose context manager is
@@ -202,6 +225,9 @@ def register_secret(value: str) -> None:
 
 
 def _as_stream_error(exc: BaseException) -> StreamError:
+    """The status and message that ``exc`` gives the client; a failure that is not
+    the upstream's (nor the client's, nor the stream's end) is logged with its
+    traceback, since the client only ever sees a generic message."""
     import openai  # the SDK is only needed once something failed
 
     if isinstance(exc, StreamError):
@@ -237,6 +263,7 @@ def _as_stream_error(exc: BaseException) -> StreamError:
         return StreamError(
             502, "The connection to the upstream failed.", "upstream_connection_error"
         )
+    log.error("The stream failed unexpectedly.", exc_info=exc)
     return StreamError(502, "The upstream failed.", "upstream_error")
 
 
@@ -311,7 +338,76 @@ def _http_response(chunks: object) -> object:
     return getattr(chunks, "response", None) or getattr(chunks, "http_response", chunks)
 
 
-# --- Reading chunks -----------------------------------------------------------------
+# --- Events: what the model says -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A delta of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A delta of a reasoning model's thinking, or of its summary."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refusal delta: what the model says instead of answering."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call: chat sends a call's id, name and arguments in
+    pieces, keyed by ``index`` (parallel calls interleave)."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Why the answer (or one step of it) ended: ``stop``, ``length``, ..."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage, as Chat Completions names it."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The stream failed: always its last event."""
+
+    message: str
+    type: str
+
+
+Event = Text | Reasoning | Refusal | ToolCallDelta | Finish | Usage | Error
+
+
+# --- Decoding: every upstream dialect into events -----------------------------------
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -321,7 +417,7 @@ def _field(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
+def _chunk_events(chunk: Any, secrets: tuple[str, ...] = ()) -> list[Event]:
     """What one chunk of chat, legacy completions or Responses events says.
 
     ``secrets`` are removed from an error's message (see :func:`_redact`).
@@ -335,8 +431,8 @@ def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
     kind = _field(chunk, "type")
     # A Responses API event; other providers' chunks may carry a "type" of their own.
     if isinstance(kind, str) and (kind.startswith("response.") or kind == "error"):
-        return _responses_items(kind, chunk, secrets)
-    items: Batch = []
+        return _responses_events(kind, chunk, secrets)
+    events: list[Event] = []
     for choice in _field(chunk, "choices") or ():
         if _field(choice, "index") not in (0, None):
             continue
@@ -344,37 +440,73 @@ def _chunk_items(chunk: Any, secrets: tuple[str, ...] = ()) -> Batch:
         # delta, even an empty one beside the whole message, is what is new.
         delta = _field(choice, "delta")
         message = _field(choice, "message") if delta is None else delta
-        text = _field(message, "content") if message else _field(choice, "text")
-        if text and isinstance(text, str):  # not e.g. a list of content parts
-            items.append(text)
-        refusal = _field(message, "refusal") if message else None
-        if refusal and isinstance(refusal, str):
-            items.append(_Refusal(refusal))
+        if message:
+            _message_events(message, events)
+        else:
+            _add_text(Text, _field(choice, "text"), events)
     usage = _field(chunk, "usage")
     if usage:
-        items.append(_usage(usage, "prompt_tokens", "completion_tokens"))
-    return items
+        events.append(_usage(usage, "prompt_tokens", "completion_tokens"))
+    return events
 
 
-def _responses_items(kind: str, event: Any, secrets: tuple[str, ...]) -> Batch:
-    """What one Responses API event says; events without text say nothing."""
+def _message_events(message: Any, events: list[Event]) -> None:
+    """The events of a chat delta (or whole message), in the order a model says
+    them: thinking, then text or a refusal, then tool calls."""
+    # DeepSeek (and older vLLM) say reasoning_content; vLLM, Ollama, OpenRouter
+    # reasoning.
+    reasoning = _field(message, "reasoning_content") or _field(message, "reasoning")
+    _add_text(Reasoning, reasoning, events)
+    _add_text(Text, _field(message, "content"), events)
+    _add_text(Refusal, _field(message, "refusal"), events)
+    for call in _field(message, "tool_calls") or ():
+        function = _field(call, "function")
+        index = _field(call, "index")
+        events.append(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else 0,
+                id=_field(call, "id") or None,
+                name=_field(function, "name") or None,
+                arguments=_field(function, "arguments") or "",
+            )
+        )
+
+
+def _add_text(
+    kind: type[Text | Reasoning | Refusal], text: Any, out: list[Event]
+) -> None:
+    if text and isinstance(text, str):  # not e.g. a list of content parts
+        out.append(kind(text))
+
+
+def _responses_events(kind: str, event: Any, secrets: tuple[str, ...]) -> list[Event]:
+    """What one Responses API event says; most events say nothing new."""
     delta = _field(event, "delta")
     if kind == "response.output_text.delta" and delta and isinstance(delta, str):
-        return [delta]
+        return [Text(delta)]
     if kind == "response.refusal.delta" and delta and isinstance(delta, str):
-        return [_Refusal(delta)]
+        return [Refusal(delta)]
+    if kind in _RESPONSES_REASONING and delta and isinstance(delta, str):
+        return [Reasoning(delta)]
     response = _field(event, "response")
     if kind in ("response.failed", "error"):
         error = _field(response, "error") or event
         raise UpstreamFailed(_redact(str(_field(error, "message") or kind), secrets))
-    items: Batch = []
+    events: list[Event] = []
     if kind == "response.incomplete":  # cut short: never mistaken for a whole answer
         reason = _field(_field(response, "incomplete_details"), "reason")
-        items.append(_Finish(_INCOMPLETE_REASONS.get(reason, str(reason or kind))))
+        events.append(Finish(_INCOMPLETE_REASONS.get(reason, str(reason or kind))))
     usage = _field(response, "usage")
-    if kind in ("response.completed", "response.incomplete") and usage:
-        items.append(_usage(usage, "input_tokens", "output_tokens"))
-    return items
+    if kind in _RESPONSES_ENDS and usage:
+        events.append(_usage(usage, "input_tokens", "output_tokens"))
+    return events
+
+
+_RESPONSES_REASONING = (
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+)
+_RESPONSES_ENDS = ("response.completed", "response.incomplete")
 
 
 def _ends_answer(chunk: Any) -> bool:
@@ -383,7 +515,7 @@ def _ends_answer(chunk: Any) -> bool:
     Some OpenAI-compatible servers send no ``[DONE]``: after one of these, a clean
     end of the body is the end of the answer.
     """
-    if _field(chunk, "type") in ("response.completed", "response.incomplete"):
+    if _field(chunk, "type") in _RESPONSES_ENDS:
         return True
     choices = _field(chunk, "choices")
     return isinstance(choices, list) and any(
@@ -395,116 +527,134 @@ def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
     prompt = int(_field(usage, prompt_key) or 0)
     completion = int(_field(usage, completion_key) or 0)
     total = int(_field(usage, "total_tokens") or prompt + completion)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-    }
+    return Usage(prompt, completion, total)
 
 
-def _sse_payloads(reads: Iterable[bytes]) -> Iterator[list[str]]:
-    """Decode raw SSE bytes into the ``data`` of each event, one list per read.
-
-    NOTE: as per the spec, lines end at CRLF, CR or LF, a CR may end one read and its
-    LF start the next, and an event is dispatched at a blank line. Splitting bytes is
-    safe for UTF-8: no multi-byte sequence contains a CR or LF byte.
-    """
-    pending = b""
-    data: list[bytes] = []
-    size = 0  # of ``data``
-    skip_lf = False  # the last read ended with a CR: an LF next completes that CRLF
-    reads = _without_bom(reads)
-    for read in reads:
-        if skip_lf and read[:1] == b"\n":
-            read = read[1:]
-        buffer = pending + read
-        skip_lf = buffer.endswith(b"\r")
-        lines = _SSE_LINE_END.split(buffer)
-        pending = lines.pop()  # the incomplete last line
-        events: list[str] = []
-        for line in lines:
-            if not line:
-                if data:
-                    events.append(b"\n".join(data).decode("utf-8", "replace"))
-                    data, size = [], 0
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-                size += len(value)
-            # event:, id:, retry: and comments carry nothing the relay needs
-        if size + len(pending) > MAX_EVENT_BYTES:
-            raise UpstreamFailed(
-                f"The upstream sent an event over {MAX_EVENT_BYTES} bytes."
-            )
-        if events:
-            yield events
-    if data:  # tolerate a provider that ends without the final blank line
-        yield [b"\n".join(data).decode("utf-8", "replace")]
-
-
-def _without_bom(reads: Iterable[bytes]) -> Iterator[bytes]:
-    """NOTE: as per the spec, one leading byte order mark is not part of the stream."""
-    iterator = iter(reads)
-    for first in iterator:
-        if first:
-            yield first.removeprefix(b"\xef\xbb\xbf")
-            break
-    for read in iterator:  # noqa: UP028 (not `yield from`: see _prepend)
-        yield read
-
-
-def _batches(chunks: Iterable[Any], secrets: tuple[str, ...] = ()) -> Iterator[Batch]:
-    """Normalise any accepted upstream into batches of what the model said."""
+def _decode(
+    chunks: Iterable[Any], secrets: tuple[str, ...] = ()
+) -> Iterator[list[Event]]:
+    """Events from any accepted upstream, one list per chunk or per read (maybe
+    empty: a read may complete no event)."""
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
         return
     if isinstance(first, (bytes, bytearray)):
-        yield from _raw_batches(_prepend(bytes(first), iterator), secrets)
+        decoder = _SseDecoder(secrets)
+        yield decoder.feed(bytes(first))
+        # Not `for read in iterator`: after [DONE] the caller reads the rest itself.
+        while not decoder.done:
+            read = next(iterator, None)
+            yield decoder.feed(read) if read is not None else decoder.end()
         return
-    yield _chunk_items(first, secrets)
+    yield _chunk_events(first, secrets)
     for chunk in iterator:
-        yield _chunk_items(chunk, secrets)
+        yield _chunk_events(chunk, secrets)
 
 
-def _raw_batches(reads: Iterator[bytes], secrets: tuple[str, ...]) -> Iterator[Batch]:
-    """Batches from raw SSE bytes, which must reach the stream's end.
+class _SseDecoder:
+    """Events from raw SSE bytes, one read at a time: the relay under gevent reads
+    only when a read can't block, so a step must never read on its own.
 
-    A body that ends before ``[DONE]``, a terminal Responses event or a finish
-    reason was cut (a close-delimited body ends that way when its server dies), and
-    one without a single event is not a stream at all (a gateway's JSON error):
-    both raise :class:`UpstreamFailed` rather than pass for a whole answer.
+    ``done`` once the stream ended (``[DONE]``, or the body's end). The body must
+    reach the stream's end: one that ends before ``[DONE]``, a terminal Responses
+    event or a finish reason was cut (a close-delimited body ends that way when its
+    server dies), and one without a single event is not a stream at all (a
+    gateway's JSON error): both raise :class:`UpstreamFailed` rather than pass for
+    a whole answer. A failure inside a read raises at the next call, after the
+    events that came before it.
+
+    NOTE: as per the spec, lines end at CRLF, CR or LF, a CR may end one read and its
+    LF start the next, an event is dispatched at a blank line, and one leading byte
+    order mark is not part of the stream. Splitting bytes is safe for UTF-8: no
+    multi-byte sequence contains a CR or LF byte.
     """
-    head = bytearray()  # the body's first bytes, until it shows an event
-    ended = False
-    for payloads in _sse_payloads(_keeping_head(reads, head)):
-        head.clear()
-        batch: Batch = []
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.done = False
+        self._secrets = secrets
+        self._pending = b""  # the incomplete last line
+        self._data: list[bytes] = []  # the event's data lines so far
+        self._size = 0  # of ``_data``
+        self._skip_lf = False  # the last read ended with a CR: an LF next ends a CRLF
+        self._head: bytearray | None = bytearray()  # until the first event
+        self._ended = False  # a finish reason or a terminal event came
+        self._failure: UpstreamFailed | None = None
+
+    def feed(self, read: bytes) -> list[Event]:
+        """The events that ``read`` completed."""
+        self._raise_failure()
+        return self._events(self.payloads(read))
+
+    def end(self) -> list[Event]:
+        """The body ended: the last event, if it lacked its blank line."""
+        self._raise_failure()
+        self.done = True
+        events = self._events(self.flush())
+        self._raise_failure()
+        if not self._ended:
+            head = bytes(self._head or b"")
+            raise UpstreamFailed(_unfinished(head, self._secrets))
+        return events
+
+    def payloads(self, read: bytes) -> list[str]:
+        """The ``data`` of each event that ``read`` completed."""
+        head = self._head
+        if head is not None:
+            if not head:
+                read = read.removeprefix(b"\xef\xbb\xbf")
+            if len(head) < _SNIFF_BYTES:
+                head += read[: _SNIFF_BYTES - len(head)]
+        if self._skip_lf and read[:1] == b"\n":
+            read = read[1:]
+        buffer = self._pending + read if self._pending else read
+        self._skip_lf = buffer.endswith(b"\r")
+        lines = _SSE_LINE_END.split(buffer)
+        self._pending = lines.pop()
+        payloads: list[str] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    payloads.append(self._joined())
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+                self._size += len(value)
+            # event:, id:, retry: and comments carry nothing the relay needs
+        if self._size + len(self._pending) > MAX_EVENT_BYTES:
+            raise UpstreamFailed(
+                f"The upstream sent an event over {MAX_EVENT_BYTES} bytes."
+            )
+        if payloads:
+            self._head = None  # the body is SSE
+        return payloads
+
+    def flush(self) -> list[str]:
+        """The last event's ``data``, if the body ended without its blank line
+        (some providers do)."""
+        return [self._joined()] if self._data else []
+
+    def _joined(self) -> str:
+        data, self._data, self._size = self._data, [], 0
+        return b"\n".join(data).decode("utf-8", "replace")
+
+    def _events(self, payloads: list[str]) -> list[Event]:
+        events: list[Event] = []
         try:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
-                    yield batch
-                    return
+                    self.done = True
+                    break
                 chunk = _json_chunk(payload)
-                batch.extend(_chunk_items(chunk, secrets))
-                ended = ended or _ends_answer(chunk)
-        except UpstreamFailed:
-            yield batch  # what came before the failure in the same read
-            raise
-        yield batch
-    if not ended:
-        raise UpstreamFailed(_unfinished(bytes(head), secrets))
+                events += _chunk_events(chunk, self._secrets)
+                self._ended = self._ended or _ends_answer(chunk)
+        except UpstreamFailed as exc:
+            self._failure = exc  # raised next time, after what came before it
+        return events
 
-
-def _keeping_head(reads: Iterator[bytes], head: bytearray) -> Iterator[bytes]:
-    """``reads``, copying their first ``_SNIFF_BYTES`` into ``head``; none once the
-    caller cleared ``head`` (at the first event: the body is SSE)."""
-    kept = 0
-    for read in reads:
-        if kept < _SNIFF_BYTES and (head or not kept):
-            head += read[: _SNIFF_BYTES - kept]
-        kept += len(read)
-        yield read
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _unfinished(head: bytes, secrets: tuple[str, ...]) -> str:
@@ -528,18 +678,19 @@ def _json_chunk(payload: str) -> Any:
         raise UpstreamFailed("The upstream sent a malformed chunk.") from exc
 
 
-def _prepend(first: bytes, rest: Iterator[Any]) -> Iterator[bytes]:
-    """``first``, then ``rest``, leaving ``rest`` open when this one is closed.
-
-    ``yield from`` would close ``rest`` (the upstream's byte iterator) along with
-    this generator, and with it the response, before the reader drains it.
-    """
-    yield first
-    for read in rest:  # noqa: UP028
-        yield read
+# --- Encoding: events into bytes ---------------------------------------------------
 
 
-# --- Framing -----------------------------------------------------------------------
+class Encoder(Protocol):
+    """Writes events as one wire protocol. ``keepalive`` is what to write during
+    silence (``None``: nothing can be, as in raw text); ``end()`` what a whole
+    answer ends with."""
+
+    keepalive: bytes | None
+
+    def encode(self, events: Iterable[Event]) -> bytes: ...
+
+    def end(self) -> bytes: ...
 
 
 def sse_event(text: str, event: str | None = None) -> bytes:
@@ -556,21 +707,52 @@ def sse_event(text: str, event: str | None = None) -> bytes:
     return head + b"".join(b"data: " + _utf8(line) + b"\n" for line in lines) + b"\n"
 
 
-def _sse_item(item: str | _Refusal | _Finish | Usage) -> bytes:
-    if isinstance(item, str):
-        return sse_event(item)
-    if isinstance(item, _Refusal):
-        return sse_event(item.text, "refusal")
-    if isinstance(item, _Finish):
-        return _named_event("finish", {"reason": item.reason})
-    return _named_event("usage", item)
+class SseEncoder:
+    """The SSE routes' events: text unnamed, the rest named, then ``[DONE]``."""
+
+    keepalive: bytes | None = _KEEPALIVE
+
+    def encode(self, events: Iterable[Event]) -> bytes:
+        return b"".join(map(self._frame, events))
+
+    def end(self) -> bytes:
+        return _DONE
+
+    @staticmethod
+    def _frame(event: Event) -> bytes:
+        match event:
+            case Text(text):
+                return sse_event(text)
+            case Refusal(text):
+                return sse_event(text, "refusal")
+            case Finish(reason):
+                return _named_event("finish", {"reason": reason})
+            case Usage():
+                return _named_event("usage", event.as_dict())
+            case Error(message, type):
+                return _named_event("error", {"message": message, "type": type})
+        return b""  # reasoning and tool calls are not written yet
 
 
-def _text_of(item: str | _Refusal | _Finish | Usage) -> str:
-    """The raw text route's share of an item: text, and a refusal as text."""
-    if isinstance(item, str):
-        return item
-    return item.text if isinstance(item, _Refusal) else ""
+class TextEncoder:
+    """The raw text route: the answer's text, and a refusal as text; an error
+    cuts the body off (:class:`UpstreamFailed`) so that it can't pass for a
+    short answer."""
+
+    keepalive: bytes | None = None  # any byte written would become part of the answer
+
+    def encode(self, events: Iterable[Event]) -> bytes:
+        parts = []
+        for event in events:
+            match event:
+                case Text(text) | Refusal(text):
+                    parts.append(text)
+                case Error(message):
+                    raise UpstreamFailed(message)
+        return _utf8("".join(parts)) if parts else b""
+
+    def end(self) -> bytes:
+        return b""
 
 
 def _named_event(name: str, payload: Mapping[str, Any]) -> bytes:
@@ -585,138 +767,84 @@ def _utf8(text: str) -> bytes:
         return _SURROGATE.sub("\ufffd", text).encode()
 
 
-def sse_frames(
-    chunks: Iterable[Any] | Opener,
-    *,
-    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
-    client_socket: socket.socket | None = None,
-    **callbacks: Unpack[Callbacks],
-) -> Iterable[bytes]:
-    """Stream ``chunks`` as the contract's SSE body: text events, refusals, a
-    ``finish`` for an incomplete Responses answer, usage, then ``[DONE]``.
-
-    Waits up to ``keepalive_seconds`` for the first output and raises
-    :class:`StreamError` if the upstream fails before it, so the view can still
-    answer with a status. ``chunks`` may be an :data:`Opener` instead (what
-    :func:`open_upstream` takes): the request is then sent by the relay, within
-    that wait, so that an upstream slow to send its headers still gets its first
-    keep-alive one interval after the request. ``client_socket`` (the WSGI
-    server's, e.g. ``environ["gunicorn.socket"]``) lets a client that leaves be
-    noticed while the upstream is silent. Close the returned body (WSGI servers do)
-    to end the stream.
-    """
-
-    def frames(relay: _Relay) -> Iterator[bytes]:
-        try:
-            for batch in relay:
-                if batch is None:
-                    yield _KEEPALIVE
-                    continue
-                out = b"".join(map(_sse_item, batch))
-                if out:
-                    yield out
-        except ClientDisconnected:
-            return
-        except Exception as exc:  # any failure is reported to the client
-            error = _as_stream_error(exc)
-            yield _named_event("error", {"message": error.message, "type": error.type})
-        else:
-            yield _DONE
-
-    relay = _Relay(chunks, keepalive_seconds, client_socket, _Callbacks(**callbacks))
-    relay.start(first_output_within=keepalive_seconds)
-    return _ClosingIterable(frames(relay), relay)
-
-
-def text_stream(
-    chunks: Iterable[Any] | Opener,
-    *,
-    client_socket: socket.socket | None = None,
-    **callbacks: Unpack[Callbacks],
-) -> Iterable[bytes]:
-    """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
-    :class:`UpstreamFailed`.
-
-    Waits for the first output and raises :class:`StreamError` if the upstream fails
-    before it. ``chunks`` may be an :data:`Opener`, as for :func:`sse_frames`: a
-    client that leaves while the request waits for its answer then cancels it. A
-    later failure's exception makes the WSGI server drop the connection without the
-    body's final chunk, so a client sees an error rather than a silently shortened
-    answer.
-    """
-
-    def texts(relay: _Relay) -> Iterator[bytes]:
-        try:
-            for batch in relay:
-                out = _utf8("".join(map(_text_of, batch or ())))
-                if out:
-                    yield out
-        except ClientDisconnected:
-            return
-        except UpstreamFailed:
-            raise
-        except Exception as exc:
-            raise UpstreamFailed(_as_stream_error(exc).message) from exc
-
-    # No keep-alive in raw text: any byte written would become part of the answer.
-    relay = _Relay(chunks, None, client_socket, _Callbacks(**callbacks))
-    relay.start(first_output_within=None)
-    return _ClosingIterable(texts(relay), relay)
-
-
-# --- Lifecycle -----------------------------------------------------------------------
-
-
-class ClientDisconnected(Exception):
-    """The client closed its connection; the stream ends without another byte."""
+# --- The relay: from the upstream to the client, in time ------------------------------
 
 
 class Callbacks(TypedDict, total=False):
-    """Optional hooks, called from the thread that writes the response.
+    """Optional hooks, called from the thread (or greenlet) that writes the response.
 
     ``on_token`` and ``on_completion`` (the whole text, at a normal end) get the
-    answer's text, not refusals; ``on_error`` the exception of a failed stream (not
-    of a client that left).
+    answer's text, not refusals; ``on_usage`` a dict with ``prompt_tokens``,
+    ``completion_tokens``, ``total_tokens``; ``on_error`` the exception of a failed
+    stream (not of a client that left).
     """
 
     on_start: Callable[[], object]
     on_token: Callable[[str], object]
     on_completion: Callable[[str], object]
-    on_usage: Callable[[Usage], object]
+    on_usage: Callable[[dict[str, int]], object]
     on_error: Callable[[BaseException], object]
 
 
-class _Callbacks:
+class _Hooks:
+    """Calls the :class:`Callbacks` a stream was given, with what it relays."""
+
     def __init__(
         self,
         on_start: Callable[[], object] | None = None,
         on_token: Callable[[str], object] | None = None,
         on_completion: Callable[[str], object] | None = None,
-        on_usage: Callable[[Usage], object] | None = None,
+        on_usage: Callable[[dict[str, int]], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self.on_start, self.on_token, self.on_usage = on_start, on_token, on_usage
         self.on_completion, self.on_error = on_completion, on_error
+        self.want_events = bool(on_token or on_completion or on_usage)
         self._parts: list[str] = []  # kept only when on_completion wants the text
 
-    def batch(self, batch: Batch) -> None:
-        for item in batch:
-            if isinstance(item, str):
-                if self.on_token:
-                    self.on_token(item)
-                if self.on_completion:
-                    self._parts.append(item)
-            elif isinstance(item, dict) and self.on_usage:
-                self.on_usage(item)
+    def events(self, events: list[Event]) -> None:
+        for event in events:
+            match event:
+                case Text(text):
+                    if self.on_token:
+                        self.on_token(text)
+                    if self.on_completion:
+                        self._parts.append(text)
+                case Usage() if self.on_usage:
+                    self.on_usage(event.as_dict())
 
     def complete(self) -> None:
         if self.on_completion:
             self.on_completion("".join(self._parts))
 
+    def error(self, exc: BaseException) -> None:
+        if self.on_error:
+            self.on_error(exc)
 
-_END = object()
-_GONE = object()
-_ENDING = object()  # end_open_streams() was called
+
+class Pollable(Protocol):
+    """What lets the relay read an upstream response in the response's own greenlet.
+
+    A transport offers it as ``response.extensions["network_stream"]
+    .get_extra_info("pollable")`` (this repo's ``shared/transport.py`` does), and
+    promises with it that the body holds back no complete data: when ``pending()``
+    is 0 and the socket is not readable, the next read would block.
+    """
+
+    def fileno(self) -> int:
+        """The socket to wait on."""
+        ...
+
+    def pending(self) -> int:
+        """Bytes received but not yet returned by a read (the transport's, TLS's)."""
+        ...
+
+    def read_timeout(self) -> float | None:
+        """How long the upstream may stay silent before a read fails."""
+        ...
+
+
+_END = object()  # the upstream's answer is whole
 # The relays of this process that are open: end_open_streams() ends them.
 _open_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
 _open_relays_lock = threading.Lock()
@@ -741,8 +869,604 @@ def end_open_streams(
     return len(relays)
 
 
+class _Relay:
+    """One stream: events from the upstream, written by an :class:`Encoder`, with
+    keep-alives during silence. Subclasses say how to wait for the upstream
+    (:meth:`_next_events`) under gevent and under threads."""
+
+    def __init__(
+        self,
+        chunks: Iterable[Any] | Opener,
+        encoder: Encoder,
+        keepalive_seconds: float | None,
+        client_socket: socket.socket | None,
+        hooks: _Hooks,
+    ) -> None:
+        self._opener: Opener | None = chunks if _is_opener(chunks) else None
+        # Set once the upstream is open, when given an opener.
+        self._chunks: object = None if self._opener else chunks
+        self._encoder = encoder
+        self._keepalive = keepalive_seconds if encoder.keepalive is not None else None
+        self._client_socket = client_socket
+        self._hooks = hooks
+        self._secrets = _secrets_of(self._chunks)
+        self._ending: StreamError | None = None  # end() was called
+        self._first: object = None  # what start() waited for: bytes, or _END
+        self._silent_start = False  # start() waited a whole interval for output
+        self._gone = False  # the client left before the first output
+        self._started = False
+        # Batches read meanwhile are merged into one write only once the response
+        # is written: what start() holds must stay one read, for backpressure.
+        self._merging = False
+
+    def start(self, first_output_within: float | None) -> None:
+        """Start reading, and wait up to the given time for the first output.
+
+        A failure before any output raises :class:`StreamError`, so that the view
+        still answers with its status instead of a 200 it can't take back. Silence
+        past the wait lets the response start (with a keep-alive).
+        """
+        self._started = True
+        with _open_relays_lock:
+            _open_relays.add(self)
+        if self._hooks.on_start:
+            try:
+                self._hooks.on_start()
+            except BaseException:
+                _close(self._chunks)
+                raise
+        try:
+            self._begin()
+            # Events that write nothing (a role, reasoning) don't count as output,
+            # nor restart the wait: without a byte, a proxy in front may give up.
+            self._first = self._output(_deadline(first_output_within))
+        except ClientDisconnected:
+            self._gone = True
+            return
+        except Exception as exc:
+            self.close()
+            self._hooks.error(exc)
+            error = _as_stream_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self._silent_start = self._first is None
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._gone:
+            return
+        self._merging = True
+        encoder = self._encoder
+        # A keep-alive is due after an interval without output. The first one goes
+        # out at once when start() waited an interval already: the clock started
+        # with the request.
+        output, self._first = self._first, None  # None: the silent start
+        try:
+            while True:
+                if output is _END:
+                    self._hooks.complete()
+                    if end := encoder.end():
+                        yield end
+                    return
+                yield (
+                    encoder.keepalive or b"" if output is None else cast(bytes, output)
+                )
+                output = self._output(_deadline(self._keepalive))
+        except ClientDisconnected:
+            return
+        except Exception as exc:  # any failure is reported to the client
+            self._hooks.error(exc)
+            error = _as_stream_error(exc)
+            yield encoder.encode([Error(error.message, error.type)])
+
+    def _output(self, deadline: float | None) -> object:
+        """The next bytes to write; ``None`` if ``deadline`` came first; ``_END``."""
+        while True:
+            events = self._next_events(deadline)
+            if events is None or events is _END:
+                return events
+            assert isinstance(events, list)
+            if self._hooks.want_events:
+                self._hooks.events(events)
+            output = self._encoder.encode(events)
+            if output:
+                return output
+
+    def end(self, error: StreamError) -> None:
+        """End the stream with ``error`` (see :func:`end_open_streams`)."""
+        self._ending = error
+        self._wake()
+
+    def close(self) -> None:
+        """Stop reading and close the upstream; safe to call more than once."""
+        with _open_relays_lock:
+            _open_relays.discard(self)
+        self._stop()
+
+    def _begin(self) -> None:
+        """Start what reads the upstream (sending the request, given an opener)."""
+        raise NotImplementedError
+
+    def _next_events(self, deadline: float | None) -> list[Event] | object:
+        """The upstream's next events; ``None`` at ``deadline``; ``_END`` at the end.
+
+        Raises the upstream's failure, :class:`ClientDisconnected`, or the error
+        given to :meth:`end`.
+        """
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Wake a response waiting in :meth:`_next_events` (to see ``_ending``)."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline``, for a ``timeout=``; ``None`` waits for ever."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _chars(item: object) -> int:
+    """The size of a buffered batch: its texts' lengths (other events count 1)."""
+    if type(item) is not list:
+        return 0
+    return sum(len(getattr(event, "text", "")) or 1 for event in item)
+
+
+# --- The relay under gevent: one greenlet per stream --------------------------------
+
+_UPSTREAM = "upstream"  # what woke a waiting response
+_CLIENT = "client"
+_TIMER = "timer"
+_NUDGE = "nudge"
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """The helper sent the request: here is what the upstream answered."""
+
+    chunks: Any
+
+
+class _GreenRelay(_Relay):
+    """The response's greenlet waits on the upstream socket, the client socket and
+    the keep-alive timer at once, and reads the upstream only when a read can't
+    block (see :class:`Pollable`).
+
+    A helper greenlet sends the request when given an opener, and hands over what
+    it answered; it reads the upstream into a small buffer only when the upstream
+    can't be waited on. Killed on close, it closes what it opened.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        import gevent
+        import gevent.event
+
+        self._gevent = gevent
+        self._hub = gevent.get_hub()
+        self._inbox: deque[object] = deque()  # from the helper
+        self._inbox_chars = 0
+        self._room = (
+            gevent.event.Event()
+        )  # the helper waits on it when the inbox is full
+        self._helper: Any = None
+        self._waiter: Any = None  # set while the response waits
+        self._reads: Iterator[bytes] | None = None  # the upstream's, when pollable
+        self._decoder: _SseDecoder | None = None  # ... and what decodes them
+        self._pollable: Pollable | None = None
+        self._upstream_watch: Any = None
+        self._client_watch: Any = None
+        self._client_check_due: float | None = None  # once the client sent bytes
+        self._upstream_due: float | None = None  # the read timeout, from the last read
+        self._readable = False  # the upstream socket was seen readable
+        self._ended = False  # the upstream sent its end
+        self._stopped = False
+
+    def _begin(self) -> None:
+        if self._client_socket is not None:
+            self._client_watch = self._hub.loop.io(self._client_socket.fileno(), 1)
+        if self._opener is not None:
+            self._helper = self._gevent.spawn(self._open)
+        else:
+            self._adopt(self._chunks)
+
+    def _open(self) -> None:
+        """The helper's first job: send the request, hand over the answer."""
+        assert self._opener is not None
+        item: object
+        try:
+            item = _Opened(open_upstream(self._opener))
+        except Exception as exc:
+            item = exc
+        if self._stopped:  # closed while the request waited
+            if isinstance(item, _Opened):
+                _close(item.chunks)
+            return
+        self._helper = None
+        self._put(item)
+
+    def _adopt(self, chunks: object) -> None:
+        """Read ``chunks`` here if it can be waited on, else in a helper."""
+        self._chunks = chunks
+        self._secrets = _secrets_of(chunks)
+        pollable = _pollable(chunks)
+        if pollable is None:
+            self._helper = self._gevent.spawn(self._read, chunks)
+            return
+        self._pollable = pollable
+        self._upstream_due = _deadline(pollable.read_timeout())
+        self._reads = iter(chunks.iter_bytes())  # type: ignore[attr-defined]
+        self._decoder = _SseDecoder(self._secrets)
+        self._upstream_watch = self._hub.loop.io(pollable.fileno(), 1)
+
+    def _read(self, chunks: Any) -> None:
+        """The helper's job for an upstream that can't be waited on."""
+        reads = iter(chunks.iter_bytes() if hasattr(chunks, "iter_bytes") else chunks)
+        try:
+            for events in _decode(reads, self._secrets):
+                if events:
+                    self._put(events)
+            self._put(_END)
+            # Read to the end of the HTTP body: only then is the connection pooled.
+            for _ in itertools.islice(reads, _DRAIN_READS):
+                pass
+        except Exception as exc:
+            self._put(exc)
+        finally:
+            _close(chunks)
+
+    def _put(self, item: object) -> None:
+        while len(self._inbox) >= _QUEUE_SIZE or self._inbox_chars >= _QUEUE_CHARS:
+            self._room.clear()
+            self._room.wait()  # the client reads slowly: so does the upstream
+        self._inbox.append(item)
+        self._inbox_chars += _chars(item)
+        self._wake()
+
+    def _take(self) -> object:
+        """What the helper handed over: batches merged, else one item."""
+        item = self._inbox.popleft()
+        if type(item) is list and self._merging:
+            while self._inbox and type(self._inbox[0]) is list:
+                item.extend(cast(list[Event], self._inbox.popleft()))
+        self._inbox_chars = sum(map(_chars, self._inbox))
+        self._room.set()
+        return item
+
+    def _next_events(self, deadline: float | None) -> list[Event] | object:
+        while True:
+            if self._ending is not None:
+                raise self._ending
+            if self._inbox:
+                item = self._take()
+                if isinstance(item, _Opened):
+                    self._adopt(item.chunks)
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                self._ended = item is _END
+                return item
+            decoder = self._decoder
+            if decoder is not None:
+                if decoder.done:
+                    self._ended = True
+                    return _END
+                if self._readable or self._pollable.pending():  # type: ignore[union-attr]
+                    self._readable = False
+                    read = next(self._reads, None)  # type: ignore[arg-type]
+                    self._upstream_due = _deadline(self._pollable.read_timeout())  # type: ignore[union-attr]
+                    return decoder.end() if read is None else decoder.feed(read)
+                if (
+                    self._upstream_due is not None
+                    and time.monotonic() >= self._upstream_due
+                ):
+                    raise TimeoutError(
+                        "The upstream sent nothing within its read timeout."
+                    )
+            self._wait(deadline)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _wait(self, deadline: float | None, *, client: bool = True) -> None:
+        """Park until the upstream or the client is readable, a helper hands
+        something over, or ``deadline``; note which, and whether the client left."""
+        check_due = self._client_check_due if client else None
+        until = min(
+            (
+                due
+                for due in (deadline, check_due, self._upstream_due)
+                if due is not None
+            ),
+            default=None,
+        )
+        waiter = self._gevent.hub.Waiter(self._hub)
+        watches = []
+        if self._decoder is not None:
+            watches.append((self._upstream_watch, _UPSTREAM))
+        if client and check_due is None and self._client_watch is not None:
+            watches.append((self._client_watch, _CLIENT))
+        for watch, why in watches:
+            watch.start(waiter.switch, why)
+        timer = None
+        if until is not None:
+            timer = self._hub.loop.timer(max(0.0, until - time.monotonic()))
+            timer.start(waiter.switch, _TIMER)
+        self._waiter = waiter
+        try:
+            why = waiter.get()
+        finally:
+            self._waiter = None
+            for watch, _ in watches:
+                watch.stop()
+            if timer is not None:
+                timer.close()
+        if why is _UPSTREAM:
+            self._readable = True
+        elif why is _CLIENT:
+            self._client_sent()
+        if check_due is not None and time.monotonic() >= check_due:
+            self._check_client_state()
+
+    def _client_sent(self) -> None:
+        """The client socket is readable: it closed, or sent bytes (its next
+        request, not ours to read, or a TLS close_notify before its FIN)."""
+        assert self._client_socket is not None
+        try:
+            peeked = _peek(self._client_socket)
+        except BlockingIOError:
+            return
+        except OSError:
+            peeked = b""
+        if not peeked:
+            raise ClientDisconnected
+        # The unread bytes keep the socket readable: watch the TCP state instead.
+        self._check_client_state()
+
+    def _check_client_state(self) -> None:
+        assert self._client_socket is not None
+        state = _tcp_state(self._client_socket)
+        if state is None:  # not Linux: the next write will tell
+            self._client_check_due = None
+            self._client_watch = None
+        elif state == _TCP_ESTABLISHED:
+            self._client_check_due = time.monotonic() + _CLIENT_CHECK_SECONDS
+        else:
+            raise ClientDisconnected
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._hub.loop.run_callback(waiter.switch, _NUDGE)
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            if self._ended:  # a moment to read to the end of the body
+                helper.join(_DRAIN_SECONDS)
+            try:
+                self._gevent.killall([helper], block=True, timeout=_HELPER_JOIN_SECONDS)
+            except self._gevent.Timeout:
+                # A starved worker: it is being killed all the same, and the
+                # response must still end as it was going to, not in a 500.
+                pass
+        for item in self._inbox:
+            if isinstance(item, _Opened):
+                _close(item.chunks)
+        self._inbox.clear()
+        if self._decoder is not None and self._ended:
+            self._drain()
+        # Close the upstream response even when the client left mid-stream: this
+        # is what stops the model generating (and billing).
+        _close(self._chunks)
+        for watch in (self._upstream_watch, self._client_watch):
+            if watch is not None:
+                watch.close()
+
+    def _drain(self) -> None:
+        """Read to the end of the HTTP body, briefly: only then is it pooled."""
+        assert self._reads is not None and self._pollable is not None
+        deadline = _deadline(_DRAIN_SECONDS)
+        try:
+            for _ in range(_DRAIN_READS):
+                if not self._pollable.pending() and not self._readable:
+                    self._wait(deadline, client=False)
+                    if not self._readable:
+                        return
+                self._readable = False
+                if next(self._reads, None) is None:
+                    return
+        except Exception:
+            return  # the connection is closed, not pooled
+
+
+# --- The relay under threads ---------------------------------------------------------
+
+_GONE = object()  # the client left
+_ENDING = object()  # end() was called
+
+
+class _ThreadRelay(_Relay):
+    """A helper thread reads the upstream into a bounded queue; another watches
+    the client socket. The upstream socket is shut down to wake a reader blocked
+    on it when the stream closes."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._queue: queue.Queue[object] = _BatchQueue(_QUEUE_SIZE)
+        self._stop_event = threading.Event()
+        self._client_gone = threading.Event()
+        self._ended = threading.Event()  # the upstream sent its end marker
+        self._threads: list[threading.Thread] = []
+        self._held: object = None  # taken from the queue, for the next call
+
+    def _begin(self) -> None:
+        self._spawn(self._read)
+        if self._client_socket is not None:
+            self._spawn(self._watch_client)
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _next_events(self, deadline: float | None) -> list[Event] | object:
+        if self._client_gone.is_set():
+            raise ClientDisconnected
+        if self._ending is not None:  # even with batches still queued
+            raise self._ending
+        item, self._held = self._held, None
+        if item is None:
+            try:
+                item = self._queue.get(timeout=_left(deadline))
+            except queue.Empty:
+                return None
+        if item is _GONE:
+            raise ClientDisconnected
+        if item is _ENDING:
+            raise self._ending  # type: ignore[misc]
+        if isinstance(item, BaseException):
+            raise item
+        if item is _END:
+            return _END
+        assert isinstance(item, list)
+        # Take whatever else the reader has queued too, without waiting: under
+        # load, one write then carries many events instead of one each.
+        while self._merging:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(more, list):
+                self._held = more  # the end, or an error: next call
+                break
+            item.extend(more)
+        return item
+
+    def _read(self) -> None:
+        try:
+            if self._opener is not None and not self._open():
+                return
+            chunks: Any = self._chunks
+            reads = iter(
+                chunks.iter_bytes() if hasattr(chunks, "iter_bytes") else chunks
+            )
+            for events in _decode(reads, self._secrets):
+                if self._stop_event.is_set() or (events and not self._put(events)):
+                    return
+            self._put(_END)
+            self._ended.set()
+            # What follows [DONE] is normally just the end of the HTTP body: read to
+            # it, the response returns its connection to the pool for the next
+            # request; closed before it, the connection is thrown away.
+            for _ in itertools.islice(reads, _DRAIN_READS):
+                pass
+        except Exception as exc:
+            if not self._stop_event.is_set():
+                self._put(exc)
+        finally:
+            # Close the upstream response even when the client left mid-stream:
+            # this is what stops the model generating (and billing).
+            _close(self._chunks)
+
+    def _open(self) -> bool:
+        """Send the upstream request; False if the stream was closed meanwhile.
+
+        Nothing can interrupt a request waiting for its answer: what it opens after
+        the stream was closed is closed by the caller's ``finally``.
+        """
+        assert self._opener is not None
+        self._chunks = open_upstream(self._opener)
+        self._secrets = _secrets_of(self._chunks)
+        return not self._stop_event.is_set()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop_event.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _watch_client(self) -> None:
+        """Notice a client that closed its connection, even during upstream silence."""
+        client = self._client_socket
+        assert client is not None
+        poller = select.poll()
+        poller.register(client, select.POLLIN)
+        while not self._stop_event.is_set():
+            if not poller.poll(500):
+                continue
+            try:
+                peeked = _peek(client)
+            except BlockingIOError:
+                continue
+            except OSError:
+                peeked = b""
+            # End of file: the client is gone. Any other byte may be its next
+            # request (not ours to read), or a TLS close_notify before its FIN.
+            if not peeked or self._client_closed(client):
+                self._client_left()
+            return
+
+    def _client_closed(self, client: socket.socket) -> bool:
+        """Whether the client, which sent bytes, closes its end before the stream does.
+
+        The unread bytes keep the socket readable, so the watch goes on through the
+        TCP state (Linux), twice a second; elsewhere the next write will tell.
+        """
+        while (state := _tcp_state(client)) == _TCP_ESTABLISHED:
+            if self._stop_event.wait(_CLIENT_CHECK_SECONDS):
+                return False
+        return state is not None
+
+    def _client_left(self) -> None:
+        self._client_gone.set()
+        self._stop_event.set()
+        if not self._ended.is_set():  # else the connection may be pooled
+            _shutdown(self._chunks)
+        self._signal(_GONE)
+
+    def _wake(self) -> None:
+        self._stop_event.set()  # the reader stops, closing the upstream response
+        self._signal(_ENDING)
+
+    def _signal(self, item: object) -> None:
+        try:
+            self._queue.put_nowait(item)  # wakes a writer waiting for data
+        except queue.Full:
+            pass  # the writer is not waiting: it sees the flag next
+
+    def _stop(self) -> None:
+        self._stop_event.set()
+        if not self._started:
+            _close(self._chunks)  # opened by the view (if not an opener), never read
+            return
+        if not self._threads:
+            return  # closed already
+        reader = self._threads[0]
+        if self._ended.is_set():  # a moment to read to the end of the body
+            reader.join(_DRAIN_SECONDS)
+        if reader.is_alive():  # blocked on the upstream: wake it
+            _shutdown(self._chunks)
+        for thread in self._threads:
+            thread.join(_HELPER_JOIN_SECONDS)
+        self._threads.clear()
+
+
 class _BatchQueue(queue.Queue[object]):
-    """The relay's queue: full at ``maxsize`` batches or ``_QUEUE_CHARS`` of text.
+    """The thread relay's queue: full at ``maxsize`` batches or ``_QUEUE_CHARS`` of
+    text.
 
     A read at full speed carries up to 64 KiB of events: bounded by reads alone, a
     client that stops reading would leave megabytes queued per stream, and a
@@ -767,20 +1491,7 @@ class _BatchQueue(queue.Queue[object]):
         return item
 
 
-def _chars(item: object) -> int:
-    """The size of a queued batch: its texts' lengths (other items count 1)."""
-    if type(item) is not list:
-        return 0
-    return sum(len(part) if isinstance(part, str) else 1 for part in item)
-
-
-def _deadline(seconds: float | None) -> float | None:
-    return None if seconds is None else time.monotonic() + seconds
-
-
-def _left(deadline: float | None) -> float | None:
-    """Seconds until ``deadline``, for a ``timeout=``; ``None`` waits for ever."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+# --- Sockets and upstream responses ---------------------------------------------------
 
 
 def _gevent_active() -> bool:
@@ -788,267 +1499,15 @@ def _gevent_active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-class _Relay:
-    """Batches from the upstream, read by a helper; ``None`` when a keep-alive is due.
-
-    Under gevent the helpers are greenlets, killed on close so that the upstream
-    response is closed by the greenlet reading it. Under threads, the upstream socket
-    is shut down to wake a reader blocked on it.
-    """
-
-    def __init__(
-        self,
-        chunks: Iterable[Any] | Opener,
-        keepalive_seconds: float | None,
-        client_socket: socket.socket | None,
-        callbacks: _Callbacks,
-    ) -> None:
-        self._opener: Opener | None = chunks if _is_opener(chunks) else None
-        # Set by the reader once it has opened the upstream, when given an opener.
-        self._chunks: object = None if self._opener else chunks
-        self._keepalive = keepalive_seconds
-        self._client_socket = client_socket
-        self._callbacks = callbacks
-        self._queue: queue.Queue[object] = _BatchQueue(_QUEUE_SIZE)
-        self._stop = threading.Event()
-        self._client_gone = threading.Event()
-        self._ended = threading.Event()  # the upstream sent its end marker
-        self._gevent = _gevent_active()
-        self._helpers: list[Any] = []
-        self._started = False
-        self._first: object = None
-        self._silent_start = False  # start() waited a whole interval for output
-        self._ending: StreamError | None = None
-        self._secrets = _secrets_of(self._chunks)
-
-    def start(self, first_output_within: float | None) -> None:
-        """Start reading, and wait up to the given time for the first output.
-
-        A failure before any output raises :class:`StreamError`, so that the view
-        still answers with the contract's status instead of a 200 it can't take
-        back. Silence past the wait lets the response start (with a keep-alive).
-        """
-        self._started = True
-        with _open_relays_lock:
-            _open_relays.add(self)
-        if self._callbacks.on_start:
-            try:
-                self._callbacks.on_start()
-            except BaseException:
-                _close(self._chunks)
-                raise
-        self._spawn(self._read)
-        if self._client_socket is not None:
-            self._spawn(self._watch_client)
-        # Chunks without text (a role, reasoning) don't count as output, nor restart
-        # the wait: without a byte, a proxy in front may give up on the response.
-        deadline = _deadline(first_output_within)
-        while True:
-            try:
-                item = self._queue.get(timeout=_left(deadline))
-            except queue.Empty:
-                self._silent_start = True
-                return
-            if item == []:
-                continue  # e.g. the role-only first chunk: nothing to write yet
-            if item is _ENDING:
-                item = self._ending
-            if isinstance(item, BaseException):
-                self.close()
-                if self._callbacks.on_error:
-                    self._callbacks.on_error(item)
-                if isinstance(item, StreamError):  # end_open_streams(), open_upstream()
-                    raise item
-                raise _as_stream_error(item) from item
-            self._first = item
-            return
-
-    def __iter__(self) -> Iterator[Batch | None]:
-        # A keep-alive is due after this long without output, however many chunks
-        # without text (e.g. a reasoning model's) arrived meanwhile. The first one
-        # is due at once when start() waited an interval already: the clock started
-        # with the request.
-        keepalive_due = (
-            time.monotonic() if self._silent_start else _deadline(self._keepalive)
-        )
-        while True:
-            if self._client_gone.is_set():
-                raise ClientDisconnected
-            if self._ending is not None:  # even with batches still queued
-                item: object = self._ending
-            elif self._first is not None:
-                item, self._first = self._first, None
-            else:
-                try:
-                    item = self._queue.get(timeout=_left(keepalive_due))
-                except queue.Empty:
-                    keepalive_due = _deadline(self._keepalive)
-                    yield None
-                    continue
-            if item is _END:
-                self._callbacks.complete()
-                return
-            if item is _GONE:
-                raise ClientDisconnected
-            if item is _ENDING:
-                item = self._ending
-            if isinstance(item, BaseException):
-                if self._callbacks.on_error:
-                    self._callbacks.on_error(item)
-                raise item
-            batch: Batch = item  # type: ignore[assignment]
-            # Take whatever else the reader has queued too, without waiting: under
-            # load, one write then carries many events instead of one each.
-            while self._first is None:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(more, list):
-                    batch.extend(more)  # each read's batch is a list of its own
-                else:
-                    self._first = more  # the end, or an error: next round
-            if batch:
-                keepalive_due = _deadline(self._keepalive)
-            self._callbacks.batch(batch)
-            yield batch
-
-    def _spawn(self, target: Callable[[], None]) -> None:
-        if self._gevent:
-            import gevent
-
-            self._helpers.append(gevent.spawn(target))
-        else:
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self._helpers.append(thread)
-
-    def _read(self) -> None:
-        try:
-            if self._opener is not None and not self._open():
-                return
-            chunks: Any = self._chunks
-            reads = iter(
-                chunks.iter_bytes() if hasattr(chunks, "iter_bytes") else chunks
-            )
-            for batch in _batches(reads, self._secrets):
-                if not self._put(batch):
-                    return
-            self._put(_END)
-            self._ended.set()
-            # What follows [DONE] is normally just the end of the HTTP body: read to
-            # it, the response returns its connection to the pool for the next
-            # request; closed before it, the connection is thrown away.
-            for _ in itertools.islice(reads, _DRAIN_READS):
-                pass
-        except Exception as exc:
-            if not self._stop.is_set():
-                self._put(exc)
-        finally:
-            # Close the upstream response even when the client left mid-stream:
-            # this is what stops the model generating (and billing).
-            _close(self._chunks)
-
-    def _open(self) -> bool:
-        """Send the upstream request; False if the stream was closed meanwhile.
-
-        Under threads nothing can interrupt a request waiting for its answer: what
-        it opens after the stream was closed is closed by the caller's ``finally``.
-        Under gevent the reader is killed, and the transport closes its connection.
-        """
-        assert self._opener is not None
-        self._chunks = open_upstream(self._opener)
-        self._secrets = _secrets_of(self._chunks)
-        return not self._stop.is_set()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _watch_client(self) -> None:
-        """Notice a client that closed its connection, even during upstream silence."""
-        client = self._client_socket
-        assert client is not None
-        poller = select.poll()
-        poller.register(client, select.POLLIN)
-        while not self._stop.is_set():
-            if not poller.poll(None if self._gevent else 500):
-                continue
-            try:
-                peeked = _peek(client)
-            except BlockingIOError:
-                continue
-            except OSError:
-                peeked = b""
-            # End of file: the client is gone. Any other byte may be its next
-            # request (not ours to read), or a TLS close_notify before its FIN.
-            if not peeked or self._left_after_sending(client):
-                self._client_left()
-            return
-
-    def _left_after_sending(self, client: socket.socket) -> bool:
-        """Whether the client, which sent bytes, closes its end before the stream does.
-
-        The unread bytes keep the socket readable, so the watch goes on through the
-        TCP state (Linux), twice a second; elsewhere the next write will tell.
-        """
-        while (state := _tcp_state(client)) == _TCP_ESTABLISHED:
-            if self._stop.wait(_CLIENT_CHECK_SECONDS):
-                return False
-        return state is not None
-
-    def _client_left(self) -> None:
-        self._client_gone.set()
-        self._stop.set()
-        if not self._ended.is_set():  # else the connection may be pooled
-            _shutdown(self._chunks)
-        try:
-            self._queue.put_nowait(_GONE)  # wakes a writer waiting for data
-        except queue.Full:
-            pass  # the writer is not waiting: it sees _client_gone next
-
-    def end(self, error: StreamError) -> None:
-        """End the stream with ``error`` (see :func:`end_open_streams`)."""
-        self._ending = error
-        self._stop.set()  # the reader stops, closing the upstream response
-        try:
-            self._queue.put_nowait(_ENDING)  # wakes a writer waiting for data
-        except queue.Full:
-            pass  # the writer is not waiting: it sees _ending next
-
-    def close(self) -> None:
-        """Stop the helpers and close the upstream; safe to call more than once."""
-        self._stop.set()
-        with _open_relays_lock:
-            _open_relays.discard(self)
-        if not self._started:
-            _close(self._chunks)  # opened by the view (if not an opener), never read
-            return
-        if not self._helpers:
-            return  # closed already
-        reader = self._helpers[0]
-        if self._ended.is_set():  # a moment to read to the end of the body
-            reader.join(_DRAIN_SECONDS)
-        if self._gevent:
-            import gevent
-
-            try:
-                gevent.killall(self._helpers, block=True, timeout=_READER_JOIN_SECONDS)
-            except gevent.Timeout:
-                # A starved worker: they are being killed all the same, and the
-                # response must still end as it was going to, not in a 500.
-                pass
-        else:
-            if reader.is_alive():  # blocked on the upstream: wake it
-                _shutdown(self._chunks)
-            for thread in self._helpers:
-                thread.join(_READER_JOIN_SECONDS)
-        self._helpers.clear()
+def _pollable(chunks: object) -> Pollable | None:
+    """The :class:`Pollable` of a raw upstream response, when its transport has one."""
+    if not hasattr(chunks, "iter_bytes"):
+        return None  # SDK objects: the SDK's own parser holds back events
+    extensions = getattr(_http_response(chunks), "extensions", None)
+    stream = extensions.get("network_stream") if isinstance(extensions, dict) else None
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    pollable: Pollable | None = get_extra_info("pollable") if get_extra_info else None
+    return pollable
 
 
 def _peek(client: socket.socket) -> bytes:
@@ -1097,6 +1556,66 @@ def _close(chunks: object) -> None:
         close()
 
 
+# --- Entry points ---------------------------------------------------------------------
+
+
+def sse_frames(
+    chunks: Iterable[Any] | Opener,
+    *,
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
+    client_socket: socket.socket | None = None,
+    **callbacks: Unpack[Callbacks],
+) -> Iterable[bytes]:
+    """Stream ``chunks`` as SSE: text events, refusals, ``finish``, usage, then
+    ``[DONE]``; a failure after the first byte as ``event: error``.
+
+    Waits up to ``keepalive_seconds`` for the first output and raises
+    :class:`StreamError` if the upstream fails before it, so the view can still
+    answer with a status. ``chunks`` may be an :data:`Opener` instead (what
+    :func:`open_upstream` takes): the request is then sent by the relay, within
+    that wait, so that an upstream slow to send its headers still gets its first
+    keep-alive one interval after the request. ``client_socket`` (the WSGI
+    server's, e.g. ``environ["gunicorn.socket"]``) lets a client that leaves be
+    noticed while the upstream is silent. Close the returned body (WSGI servers do)
+    to end the stream.
+    """
+    return _relayed(chunks, SseEncoder(), keepalive_seconds, client_socket, callbacks)
+
+
+def text_stream(
+    chunks: Iterable[Any] | Opener,
+    *,
+    client_socket: socket.socket | None = None,
+    **callbacks: Unpack[Callbacks],
+) -> Iterable[bytes]:
+    """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
+    :class:`UpstreamFailed`.
+
+    Waits for the first output and raises :class:`StreamError` if the upstream fails
+    before it. ``chunks`` may be an :data:`Opener`, as for :func:`sse_frames`: a
+    client that leaves while the request waits for its answer then cancels it. A
+    later failure's exception makes the WSGI server drop the connection without the
+    body's final chunk, so a client sees an error rather than a silently shortened
+    answer.
+    """
+    return _relayed(chunks, TextEncoder(), None, client_socket, callbacks)
+
+
+def _relayed(
+    chunks: Iterable[Any] | Opener,
+    encoder: Encoder,
+    keepalive_seconds: float | None,
+    client_socket: socket.socket | None,
+    callbacks: Callbacks,
+) -> Iterable[bytes]:
+    relay_class = _GreenRelay if _gevent_active() else _ThreadRelay
+    relay = relay_class(
+        chunks, encoder, keepalive_seconds, client_socket, _Hooks(**callbacks)
+    )
+    relay.start(first_output_within=keepalive_seconds)
+    return _ClosingIterable(relay)
+
+
 class _ClosingIterable:
     """The WSGI body: ``close()`` ends the relay even if iteration never started.
 
@@ -1104,9 +1623,9 @@ class _ClosingIterable:
     including when the client disconnected, so cleanup rides on it.
     """
 
-    def __init__(self, body: Iterator[bytes], relay: _Relay) -> None:
-        self._body = body
+    def __init__(self, relay: _Relay) -> None:
         self._relay = relay
+        self._body = iter(relay)
 
     def __iter__(self) -> Iterator[bytes]:
         return self._body

@@ -207,14 +207,35 @@ class _NothingSent(httpx2.WriteError):
 
 
 class _Connection:
-    """A socket with its unread bytes; also the response's ``network_stream``."""
+    """A socket with its unread bytes; also the response's ``network_stream``.
+
+    It is the body's ``pollable`` (see ``shared.streaming.Pollable``): a body here
+    yields every complete chunk before it reads again, so what it holds back is
+    only ``buffer`` (before the body's first read), what TLS decrypted, and its
+    own end once seen (``body_ended``).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
+        self.body_ended = False  # the body saw its end, and has yet to return
+        self.timeout: float | None = None  # of the body's reads
 
     def get_extra_info(self, name: str) -> Any:
+        if name == "pollable":
+            return self
         return self.sock if name == "socket" else None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read_timeout(self) -> float | None:
+        return self.timeout
+
+    def pending(self) -> int:
+        tls_pending = getattr(self.sock, "pending", None)
+        held = len(self.buffer) + self.body_ended
+        return held + (tls_pending() if tls_pending else 0)
 
     def is_usable(self) -> bool:
         """Idle and unread: readable now would mean closed (or garbage) by the peer."""
@@ -306,6 +327,8 @@ class _Body(httpx2.SyncByteStream):
         origin: Origin,
     ) -> None:
         fields = {name.lower(): value.lower() for name, value in headers}
+        connection.body_ended = False
+        connection.timeout = timeout
         self._connection: _Connection | None = connection
         self._timeout = timeout
         self._pool, self._origin = pool, origin
@@ -346,6 +369,7 @@ class _Body(httpx2.SyncByteStream):
                 if extra:
                     raise httpx2.RemoteProtocolError("More data than Content-Length")
                 left -= len(data)
+            connection.body_ended = left == 0
             if data:
                 yield data
             if left == 0:
@@ -368,9 +392,10 @@ class _Body(httpx2.SyncByteStream):
                     trailer_end = buffer.find(b"\r\n\r\n", line_end)
                     if trailer_end < 0:
                         break
+                    connection.buffer = buffer[trailer_end + 4 :]
+                    connection.body_ended = True
                     if out:
                         yield b"".join(out)
-                    connection.buffer = buffer[trailer_end + 4 :]
                     return
                 start = line_end + 2
                 end = start + size

@@ -13,11 +13,14 @@ import re
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -49,6 +52,13 @@ from shared.streaming import (
     text_stream,
 )
 from tests.client import parse_sse
+
+# Threads can't be interrupted: these follow what a helper thread does after the
+# stream ends. Under gevent the helper greenlet is killed instead (the servers'
+# tests see the upstream request cancelled: tests/test_keepalive_clock.py).
+threads_only = pytest.mark.skipif(
+    streaming._gevent_active(), reason="the thread relay's own behaviour"
+)
 
 FAST = settings(deadline=None, max_examples=60)
 KEEPALIVE = b": keep-alive\n\n"
@@ -477,7 +487,8 @@ def test_non_text_content_is_never_reported_as_usage() -> None:
 
 
 def payloads(*reads: bytes) -> list[str]:
-    return [data for batch in streaming._sse_payloads(reads) for data in batch]
+    decoder = streaming._SseDecoder()
+    return [data for read in reads for data in decoder.payloads(read)] + decoder.flush()
 
 
 def split(body: bytes, points: Iterable[int]) -> list[bytes]:
@@ -986,7 +997,9 @@ def test_closing_the_body_closes_a_generator_upstream() -> None:
 
 def test_a_relay_never_started_still_closes_its_upstream() -> None:
     upstream = Upstream([HI])
-    streaming._Relay(upstream, None, None, streaming._Callbacks()).close()
+    streaming._ThreadRelay(
+        upstream, streaming.SseEncoder(), None, None, streaming._Hooks()
+    ).close()
     assert upstream.closed.is_set()
 
 
@@ -1111,6 +1124,7 @@ def test_a_client_that_stays_through_a_long_silence_is_not_taken_for_gone() -> N
     assert data_of(body) == ["a", "b", "[DONE]"]
 
 
+@threads_only
 def test_a_client_that_leaves_while_the_queue_is_full_still_ends_the_stream() -> None:
     ours, theirs = socket.socketpair()
     upstream = Upstream(endless())
@@ -1580,6 +1594,7 @@ def test_an_opener_slower_than_the_interval_starts_the_clock_with_the_request() 
     assert (event.event, json.loads(event.data)["type"]) == ("error", TIMED_OUT[0])
 
 
+@threads_only
 @pytest.mark.parametrize("stream", STREAMS.values(), ids=STREAMS.keys())
 def test_a_client_that_leaves_while_the_upstream_opens_ends_the_stream(
     stream: Callable[..., Iterable[bytes]],
@@ -1597,6 +1612,7 @@ def test_a_client_that_leaves_while_the_upstream_opens_ends_the_stream(
     assert opener.upstream.reads == 0
 
 
+@threads_only
 def test_a_stream_closed_while_the_upstream_opens_closes_what_it_opens() -> None:
     opener = SlowOpener(trickle())
     body = sse_frames(opener, keepalive_seconds=0.05)
@@ -1608,6 +1624,7 @@ def test_a_stream_closed_while_the_upstream_opens_closes_what_it_opens() -> None
     assert opener.upstream.reads == 0
 
 
+@threads_only
 def test_a_stream_still_opening_at_shutdown_is_answered_503() -> None:
     opener = SlowOpener(trickle())
     threading.Timer(0.2, streaming.end_open_streams).start()
@@ -1624,3 +1641,17 @@ def test_an_iterable_that_is_also_callable_is_read_not_called() -> None:
             raise AssertionError("an opened upstream was called")
 
     assert collect(sse_frames(CallableChunks([HI]))) == b"data: hi\n\n" + DONE
+
+
+@pytest.mark.skipif(streaming._gevent_active(), reason="this is the gevent run")
+def test_the_core_passes_these_tests_under_gevent_too() -> None:
+    """Under gevent the relay takes its own path (one greenlet per stream): every
+    test above runs again that way, in a process patched as gunicorn's workers are."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.under_gevent", __file__],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
