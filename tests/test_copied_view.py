@@ -1,4 +1,4 @@
-"""The README's view, copied into an app on openai 2 with only ``streaming.py``.
+"""The Flask example, copied into an app on openai 2 with only ``streaming.py``.
 
 openai 2 reads through ``httpx``, not ``httpx2``: the core must classify its
 failures without needing the other one. ``make test`` builds that app's
@@ -19,13 +19,16 @@ import pytest
 from tests.client import parse_sse, texts
 from tests.fake_upstream import Done, FakeUpstream, Hangup, Raw, Sleep, Text
 from tests.servers import ROOT, Server, ServerKind
-from tests.test_readme import snippet
 from tests.test_upstream_faults import RAW, ask, assert_error_event_ends
 
 OPENAI2_PYTHON = ROOT / ".venv-openai2" / "bin" / "python"
 SSE = ("GET", "/chat")
-# The README's Flask view, plus a raw text twin and a health check for the server.
-EXTRA_ROUTES = """
+# The Flask example, plus a raw text twin and a health check for the server.
+COPIED_VIEW = """from flask import Response, request
+
+from flask_view import app, client, json_error
+from streaming import TEXT_HEADERS, StreamError, open_upstream, text_stream
+
 
 @app.post("/api/stream")
 def text() -> Response:
@@ -39,8 +42,7 @@ def text() -> Response:
         )
         body = text_stream(chunks)
     except StreamError as error:
-        headers = {**error.headers, "Content-Type": "application/json"}
-        return Response(error.body(), error.status, headers)
+        return json_error(error)
     return Response(body, headers=TEXT_HEADERS)
 
 
@@ -71,11 +73,8 @@ def copied_app(
         )
     folder = tmp_path_factory.mktemp("copied-view")
     shutil.copy(ROOT / "shared" / "streaming.py", folder / "streaming.py")
-    source = snippet("Flask").replace(
-        "from streaming import SSE_HEADERS,",
-        "from streaming import TEXT_HEADERS, text_stream, SSE_HEADERS,",
-    )
-    (folder / "copied_view.py").write_text(source + EXTRA_ROUTES)
+    shutil.copy(ROOT / "examples" / "flask_view.py", folder / "flask_view.py")
+    (folder / "copied_view.py").write_text(COPIED_VIEW)
     env = {"OPENAI_API_KEY": "sk-copied-view", "OPENAI_BASE_URL": upstream.base_url}
     kind = CopiedView("copied-view-openai2", "flask", production=False)
     with Server(kind, env, folder / "server.log", cwd=folder) as server:
