@@ -56,10 +56,12 @@ $(OPENAI2_STAMP): tests/openai2/requirements.txt
 test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
+# examples/ import the core as the copy beside them, `streaming`: type-checked apart.
 check: $(STAMP) ## Lint, format check and type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	MYPYPATH=shared $(BIN)/mypy --strict examples/flask_view.py examples/django_view.py
 
 screenshot: $(STAMP) $(CHROMIUM) ## Retake docs/screenshot.png: the demo page mid-stream
 	$(BIN)/python docs/screenshot.py

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 from django.conf import settings
 from django.db import connections
@@ -19,7 +18,9 @@ from django.views.decorators.debug import sensitive_variables
 
 from django_project.apps import StreamConfig
 from django_project.errors import json_error
-from shared.guard import Guard, cors_headers
+from shared.config import Settings
+from shared.environ import client_socket, json_object, query_prompt
+from shared.guard import Guard, cors_headers, method_not_allowed
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
@@ -30,14 +31,14 @@ from shared.streaming import (
     text_stream,
 )
 from shared.upstream import Upstream
-from shared.validation import (
-    json_body,
-    messages_from_json,
-    prompt_from_query,
-    request_body,
-)
+from shared.validation import messages_from_json
 
 View = Callable[..., HttpResponseBase]  # URL parameters come as keyword arguments
+
+
+def _settings() -> Settings:
+    stream_settings: Settings = settings.STREAM_SETTINGS
+    return stream_settings
 
 
 def _upstream() -> Upstream:
@@ -48,10 +49,11 @@ def _guard() -> Guard:
     return StreamConfig.guard
 
 
-def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
-    """Answer ``method`` only; errors become the contract's JSON.
+def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
+    """Answer ``method`` and its preflight; errors become the contract's JSON.
 
-    A ``streaming`` route spends the key, so ``shared.guard``'s rules apply to it
+    Any other method, HEAD included, gets 405 (it would start a completion). A
+    ``streaming`` route spends the key, so ``shared.guard``'s rules apply to it
     (same site, token or ``STREAM_AUTHORIZE``, rate and size limits).
 
     Django's CSRF token check is waived: these routes take only JSON bodies and
@@ -63,14 +65,16 @@ def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
         @csrf_exempt
         @sensitive_variables()  # no local below a view shows on an error page
         @functools.wraps(view)
-        def guarded(request: HttpRequest, **url_args: str) -> HttpResponseBase:
+        def guarded_view(request: HttpRequest, **url_args: str) -> HttpResponseBase:
+            if request.method not in (method, "OPTIONS"):
+                return json_error(method_not_allowed(request.method or "", [method]))
             guard = _guard()
             origins = guard.cors_origins(streaming)
             response: HttpResponseBase
             try:
                 preflight = guard.admit(
                     request,
-                    request.method or "",
+                    request.method,
                     request.headers,
                     request.META.get("REMOTE_ADDR"),
                     method,
@@ -85,10 +89,11 @@ def route(method: str, *, streaming: bool = True) -> Callable[[View], View]:
                     del response["Content-Type"]
             except StreamError as error:
                 response = json_error(error)
-            _set_headers(response, cors_headers(request.headers, origins))
+            for name, value in cors_headers(request.headers, origins).items():
+                response[name] = value
             return response
 
-        return guarded
+        return guarded_view
 
     return decorator
 
@@ -107,83 +112,65 @@ def _close_database_connections() -> None:
             connection.close()
 
 
-def _set_headers(response: HttpResponseBase, headers: dict[str, str]) -> None:
-    for name, value in headers.items():
-        response[name] = value
-
-
 def _sse(request: HttpRequest, opener: Opener) -> StreamingHttpResponse:
     body = sse_frames(
         opener,
-        keepalive_seconds=settings.STREAM_SETTINGS.keepalive_seconds,
-        client_socket=request.META.get("gunicorn.socket"),
+        keepalive_seconds=_settings().keepalive_seconds,
+        client_socket=client_socket(request.META),
     )
     return StreamingHttpResponse(body, headers=SSE_HEADERS)
 
 
-def _json(request: HttpRequest) -> dict[str, Any]:
-    body = request_body(request.META, settings.STREAM_SETTINGS.max_body_bytes)
-    return json_body(body, request.META.get("CONTENT_TYPE"))
-
-
-def _prompt(request: HttpRequest) -> str:
-    query = request.META.get("QUERY_STRING", "")
-    return prompt_from_query(query, settings.STREAM_SETTINGS.max_prompt_chars)
-
-
-@route("GET", streaming=False)
+@guarded("GET", streaming=False)
 def index(request: HttpRequest) -> HttpResponse:
     """The demo page."""
     body, headers = index_page()
     return HttpResponse(body, headers=headers)
 
 
-@route("GET", streaming=False)
+@guarded("GET", streaming=False)
 def page_asset(request: HttpRequest, name: str) -> HttpResponse:
     """The demo page's script and style."""
     body, headers = asset(name)
     return HttpResponse(body, headers=headers)
 
 
-@route("GET", streaming=False)
+@guarded("GET", streaming=False)
 def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness, and which upstream answers (the page shows it)."""
-    return HttpResponse(
-        health_body(settings.STREAM_SETTINGS), content_type=JSON_CONTENT_TYPE
-    )
+    body = health_body(_settings())
+    return HttpResponse(body, headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-@route("GET")
+@guarded("GET")
 def completion(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = _prompt(request)
+    prompt = query_prompt(request.META, _settings())
     return _sse(request, _upstream().completion_opener(prompt))
 
 
-@route("GET")
+@guarded("GET")
 def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
-    prompt = _prompt(request)
+    prompt = query_prompt(request.META, _settings())
     return _sse(request, _upstream().chat_opener([{"role": "user", "content": prompt}]))
 
 
-@route("POST")
+@guarded("POST")
 def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
-    messages = messages_from_json(
-        _json(request), "prompt", settings.STREAM_SETTINGS.max_prompt_chars
-    )
+    body = json_object(request.META, _settings())
+    messages = messages_from_json(body, "prompt", _settings().max_prompt_chars)
     return _sse(request, _upstream().chat_opener(messages))
 
 
-@route("POST")
+@guarded("POST")
 def api_stream(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
-    messages = messages_from_json(
-        _json(request), "message", settings.STREAM_SETTINGS.max_prompt_chars
-    )
-    body = text_stream(
+    body = json_object(request.META, _settings())
+    messages = messages_from_json(body, "message", _settings().max_prompt_chars)
+    text = text_stream(
         _upstream().chat_opener(messages),
-        client_socket=request.META.get("gunicorn.socket"),
+        client_socket=client_socket(request.META),
     )
-    return StreamingHttpResponse(body, headers=TEXT_HEADERS)
+    return StreamingHttpResponse(text, headers=TEXT_HEADERS)

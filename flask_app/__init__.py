@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
+from flask_app.errors import framework_error, json_error
 from flask_app.views import bp
 from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
 from shared.guard import (
@@ -16,35 +18,54 @@ from shared.guard import (
     SECURITY_HEADERS,
     Authorize,
     Guard,
+    check_host,
     refuse_too_many_fields,
 )
+from shared.streaming import StreamError
 from shared.upstream import Upstream
 
 
 def create_app(
-    config: Mapping[str, Any] | None = None, *, authorize: Authorize | None = None
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    authorize: Authorize | None = None,
 ) -> Flask:
-    """Build the app; settings come from the environment unless ``config`` has them.
+    """Build the app from the environment, then ``test_config`` (Flask config keys).
 
-    ``authorize(request)`` may refuse a streaming request (401) before it spends the
-    key, e.g. ``lambda request: "user_id" in session`` or Flask-Login's
+    ``STREAM_SETTINGS`` (a ``shared.config.Settings``) in ``test_config`` replaces
+    the environment's settings, which are then not read at all. ``authorize(request)``
+    may refuse a streaming request (401) before it spends the key, e.g.
+    ``lambda request: "user_id" in session`` or Flask-Login's
     ``lambda request: current_user.is_authenticated``.
     """
     app = Flask(__name__)
-    settings = (config or {}).get("STREAM_SETTINGS") or Settings.from_env()
-    app.config["STREAM_SETTINGS"] = settings
+    test_config = test_config or {}
+    if "STREAM_SETTINGS" not in test_config:
+        app.config.from_mapping(STREAM_SETTINGS=Settings.from_env())
     # Host names it answers to, as Django's ALLOWED_HOSTS (see shared.guard).
-    app.config["ALLOWED_HOSTS"] = comma_list(
-        os.environ, "FLASK_TRUSTED_HOSTS", DEFAULT_ALLOWED_HOSTS
-    )
+    hosts = comma_list(os.environ, "FLASK_TRUSTED_HOSTS", DEFAULT_ALLOWED_HOSTS)
+    app.config.from_mapping(ALLOWED_HOSTS=hosts)
+    app.config.from_mapping(test_config)
+    settings = app.config["STREAM_SETTINGS"]
     app.extensions["upstream"] = Upstream(settings)
     app.extensions["stream_guard"] = Guard(settings, authorize)
+    app.before_request(_refuse_unknown_host)
     app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, framework_error)
     app.after_request(_add_security_headers)
     app.wsgi_app = refuse_too_many_fields(  # type: ignore[method-assign]
         app.wsgi_app, MAX_QUERY_FIELDS
     )
     return app
+
+
+def _refuse_unknown_host() -> Response | None:
+    """A host outside ``FLASK_TRUSTED_HOSTS`` gets 400, as Django's ALLOWED_HOSTS."""
+    try:
+        check_host(request.environ, current_app.config["ALLOWED_HOSTS"])
+    except StreamError as error:
+        return json_error(error)
+    return None
 
 
 def _add_security_headers(response: Response) -> Response:

@@ -52,13 +52,8 @@ class Headers(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
-def check_method(method: str, allowed: Collection[str]) -> None:
-    """Refuse any other method with 405 and an ``Allow`` header."""
-    if method not in allowed:
-        raise method_not_allowed(method, allowed)
-
-
 def method_not_allowed(method: str, allowed: Collection[str]) -> StreamError:
+    """405 for ``method``; ``Allow`` names ``allowed`` and OPTIONS (every route's)."""
     return StreamError(
         405,
         f"Use {' or '.join(allowed)} here, got {method[:20]!r}.",
@@ -234,15 +229,16 @@ class Guard:
     ) -> dict[str, str] | None:
         """Apply a route's rules before its view runs.
 
-        ``request`` is the framework's, for ``authorize``; ``client`` the address
-        the rate limit counts by. Returns the headers of the ``204`` answer to
-        ``OPTIONS``, or ``None`` when the view may run; raises :class:`StreamError`
-        (405, 403, 401, 429, 413) to refuse the request. Only the streaming routes
-        spend the key: the page, its assets and ``/healthz`` are open to all.
+        ``method`` is ``allowed`` or ``OPTIONS``: each framework's routing refused
+        any other (405) before. ``request`` is the framework's, for ``authorize``;
+        ``client`` the address the rate limit counts by. Returns the headers of the
+        ``204`` answer to ``OPTIONS``, or ``None`` when the view may run; raises
+        :class:`StreamError` (403, 401, 429, 413) to refuse the request. Only the
+        streaming routes spend the key: the page, its assets and ``/healthz`` are
+        open to all.
         """
         if method == "OPTIONS":
             return preflight_headers(headers, [allowed], self.cors_origins(streaming))
-        check_method(method, [allowed])
         if not streaming:
             return None
         check_site(headers, self.settings.cors_origins)

@@ -317,6 +317,18 @@ def test_wrong_method_gets_405_with_allow(
         assert error_of((status, headers, body))["type"] == "method_not_allowed"
 
 
+@pytest.mark.parametrize("path", ["/", "/healthz", "/completion", "/completionChat"])
+def test_head_gets_405_and_never_calls_the_upstream(
+    server: Server, fake: FakeUpstream, path: str
+) -> None:
+    """Werkzeug would answer HEAD on every GET route, starting a paid completion."""
+    script = fake.script(Text("never"), Done())
+    status, headers, body = server.request("HEAD", f"{path}?prompt={script.marker}")
+    assert (status, headers["Allow"], body) == (405, "GET, OPTIONS", b"")
+    assert headers["Content-Type"] == "application/json"
+    assert script.requests == []
+
+
 def test_upstream_400_is_passed_on_with_its_message(
     server: Server, fake: FakeUpstream
 ) -> None:

@@ -48,7 +48,9 @@ def requests(fake: FakeUpstream) -> list[Request]:
         ("POST", "/completions/chat", b"{", json_type),
         ("POST", "/completions/chat", b"{}", {"Content-Type": "text/plain"}),
         ("PUT", "/api/stream", None, {}),
-        ("TRACE", "/api/stream", None, {}),  # outside the methods Flask routes
+        ("TRACE", "/api/stream", None, {}),  # a method no route answers
+        ("HEAD", f"/completionChat?prompt={marker}", None, {}),
+        ("GET", "/completions/chat", None, {"Origin": CORS_ORIGIN}),
         ("GET", "/no/such/path", None, {}),
         ("GET", "/completionChat?prompt=x", None, {"Sec-Fetch-Site": "cross-site"}),
         (

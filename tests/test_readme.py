@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import shutil
 import sys
@@ -78,6 +79,30 @@ def test_routes_table_matches_the_url_patterns() -> None:
     assert documented == mounted
 
 
+LAYOUT_FOLDERS = ("shared", "flask_app", "django_project", "examples")
+
+
+def needs_a_row(path: Path) -> bool:
+    """Every module does, but a package's ``__init__.py`` holding only a docstring."""
+    if path.name != "__init__.py":
+        return True
+    tree = ast.parse(path.read_text())
+    return len(tree.body) > (1 if ast.get_docstring(tree) is not None else 0)
+
+
+def test_the_layout_table_names_every_module() -> None:
+    section = README[README.index("## Layout") :]
+    named = set(re.findall(r"`([^`]+)`", section))
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for folder in LAYOUT_FOLDERS
+        for path in (ROOT / folder).rglob("*.py")
+        if needs_a_row(path)
+    }
+    assert "flask_app/__init__.py" in modules
+    assert modules - named == set()
+
+
 def test_the_core_imports_nothing_else_from_the_repo() -> None:
     tree = ast.parse((ROOT / "shared/streaming.py").read_text())
     imported = {
@@ -94,9 +119,18 @@ def test_the_core_imports_nothing_else_from_the_repo() -> None:
     assert not imported & local, imported & local
 
 
-def snippet(framework: str) -> str:
+EXAMPLES = {"Flask": "flask_view", "Django": "django_view"}
+
+
+def readme_block(framework: str) -> str:
+    """The Python block after the README's ``**Flask**`` or ``**Django**``."""
     section = README[README.index(f"**{framework}**") :]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize(("framework", "name"), EXAMPLES.items())
+def test_the_readme_shows_each_example_as_it_is(framework: str, name: str) -> None:
+    assert readme_block(framework) == (ROOT / "examples" / f"{name}.py").read_text()
 
 
 @pytest.fixture
@@ -106,13 +140,19 @@ def copied_core(tmp_path: Path) -> Iterator[Path]:
     sys.path.insert(0, str(tmp_path))
     yield tmp_path
     sys.path.remove(str(tmp_path))
-    for name in ("streaming", "readme_flask_view", "readme_django_view"):
-        sys.modules.pop(name, None)
+    sys.modules.pop("streaming", None)
+    for name in EXAMPLES.values():
+        example = sys.modules.pop(name, None)
+        if example is not None and example.client.cache_info().currsize:
+            example.client().close()  # its pooled connection to the fake upstream
 
 
-def load(directory: Path, name: str, source: str) -> ModuleType:
-    (directory / f"{name}.py").write_text(source)
-    return importlib.import_module(name)
+def copy_example(directory: Path, name: str) -> ModuleType:
+    """``examples/NAME.py`` copied into ``directory`` and imported from there."""
+    shutil.copy(ROOT / "examples" / f"{name}.py", directory / f"{name}.py")
+    module = importlib.import_module(name)
+    assert module.__file__ == str(directory / f"{name}.py")
+    return module
 
 
 @pytest.fixture
@@ -123,31 +163,46 @@ def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
         yield fake
 
 
-def test_the_flask_snippet_streams_with_only_the_core_beside_it(
+def test_the_flask_example_streams_with_only_the_core_beside_it(
     copied_core: Path, fake_openai: FakeUpstream
 ) -> None:
     script = fake_openai.script(Text("Hi\n"), Text("there"), Usage(1, 2), Done())
-    view = load(copied_core, "readme_flask_view", snippet("Flask"))
+    view = copy_example(copied_core, "flask_view")
     client = view.app.test_client()
-    response = client.get("/chat", query_string={"prompt": f"x {script.marker}"})
+    query = {"prompt": f"x {script.marker}"}
+    response = client.get("/chat", query_string=query)
     assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     assert texts(parse_sse(response.get_data())) == ["Hi\n", "there"]
     response.close()
-    assert client.get("/chat?prompt=").status_code == 400
+    assert len(script.requests) == 1
+    head = client.head("/chat", query_string=query)
+    assert (head.status_code, head.headers.get("Allow")) == (405, "GET")
+    assert len(script.requests) == 1  # a HEAD costs no completion
+    response = client.get("/chat?prompt=")
+    assert response.status_code == 400
+    assert response.json == {
+        "error": {
+            "message": "Give a non-empty 'prompt'.",
+            "type": "invalid_request_error",
+        }
+    }
 
 
 @pytest.mark.django_db  # closing a response sends request_finished, which may touch it
-def test_the_django_snippet_streams_with_only_the_core_beside_it(
+def test_the_django_example_streams_with_only_the_core_beside_it(
     copied_core: Path, fake_openai: FakeUpstream
 ) -> None:
     from django.test import RequestFactory
 
     script = fake_openai.script(Text("Hi\n"), Text("there"), Done())
-    view = load(copied_core, "readme_django_view", snippet("Django"))
-    response = view.chat(
-        RequestFactory().get("/chat", {"prompt": f"x {script.marker}"})
-    )
+    view = copy_example(copied_core, "django_view")
+    query = {"prompt": f"x {script.marker}"}
+    response = view.chat(RequestFactory().get("/chat", query))
     body = b"".join(response.streaming_content)
     response.close()
     assert texts(parse_sse(body)) == ["Hi\n", "there"]
-    assert view.chat(RequestFactory().get("/chat")).status_code == 400
+    assert view.chat(RequestFactory().head("/chat", query)).status_code == 405
+    assert len(script.requests) == 1  # a HEAD costs no completion
+    response = view.chat(RequestFactory().get("/chat"))
+    assert response.status_code == 400
+    assert json.loads(response.content)["error"]["type"] == "invalid_request_error"
