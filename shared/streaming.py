@@ -67,6 +67,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -263,8 +264,15 @@ def _as_stream_error(exc: BaseException) -> StreamError:
         return StreamError(
             502, "The connection to the upstream failed.", "upstream_connection_error"
         )
-    log.error("The stream failed unexpectedly.", exc_info=exc)
+    _log_bug(exc)
     return StreamError(502, "The upstream failed.", "upstream_error")
+
+
+def _log_bug(exc: BaseException) -> None:
+    """Log ``exc`` with its traceback, less anything shaped like a credential: the
+    message of a failure no one expected may quote anything."""
+    trace = "".join(traceback.format_exception(exc))
+    log.error("The stream failed unexpectedly:\n%s", _redact(trace).rstrip())
 
 
 def _is_http_error(exc: BaseException, name: str) -> bool:

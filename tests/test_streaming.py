@@ -9,6 +9,7 @@ of reads, an httpx response) and real openai SDK streams over a mock transport.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import ssl
@@ -748,6 +749,39 @@ def test_a_failure_after_output_cuts_raw_text_off(
     close(body)
     assert received == [b"partial"]
     assert upstream.closed.is_set()
+
+
+@pytest.mark.parametrize("before_output", [True, False], ids=["before", "after"])
+def test_a_bug_is_logged_once_with_its_traceback(
+    before_output: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client sees only a generic failure; the log has what went wrong."""
+    first = chat("") if before_output else chat("partial")
+    upstream = then_failing(first, KeyError("a bug in the relay"))
+    with caplog.at_level(logging.ERROR, logger=streaming.__name__):
+        if before_output:
+            with pytest.raises(StreamError) as info:
+                sse_frames(upstream)
+            assert (info.value.status, info.value.message) == (
+                502,
+                "The upstream failed.",
+            )
+        else:
+            assert b"The upstream failed." in collect(sse_frames(upstream))
+    (record,) = caplog.records
+    assert "Traceback" in record.message
+    assert "KeyError: 'a bug in the relay'" in record.message
+
+
+@pytest.mark.parametrize(("failure", "error"), [f for f in FAILURES if f.id != "other"])
+def test_an_upstream_failure_is_not_logged_as_a_bug(
+    failure: Callable[[], object],
+    error: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger=streaming.__name__):
+        collect(sse_frames(then_failing(chat("partial"), failure())))
+    assert not caplog.records, caplog.text
 
 
 def test_text_and_a_failure_in_the_same_read_keep_the_text() -> None:
