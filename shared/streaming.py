@@ -1042,6 +1042,28 @@ class _Opened:
     chunks: Any
 
 
+@dataclass(slots=True)
+class _Polled:
+    """An upstream response that the response's greenlet reads itself."""
+
+    pollable: Pollable
+    reads: Iterator[bytes]
+    decoder: _SseDecoder
+    watch: Any  # the event loop's watcher of the upstream socket
+    readable: bool = False  # the socket was seen readable since the last read
+    due: float | None = None  # when its silence exceeds the read timeout
+
+    def ready(self) -> bool:
+        """A read now won't block."""
+        return self.readable or self.pollable.pending() > 0
+
+    def read(self) -> list[Event]:
+        self.readable = False
+        read = next(self.reads, None)
+        self.due = _deadline(self.pollable.read_timeout())
+        return self.decoder.end() if read is None else self.decoder.feed(read)
+
+
 class _GreenRelay(_Relay):
     """The response's greenlet waits on the upstream socket, the client socket and
     the keep-alive timer at once, and reads the upstream only when a read can't
@@ -1059,21 +1081,14 @@ class _GreenRelay(_Relay):
 
         self._gevent = gevent
         self._hub = gevent.get_hub()
-        self._inbox: deque[object] = deque()  # from the helper
-        self._inbox_chars = 0
-        self._room = (
-            gevent.event.Event()
-        )  # the helper waits on it when the inbox is full
         self._helper: Any = None
+        self._inbox: deque[object] = deque()  # what the helper hands over
+        self._inbox_chars = 0
+        self._room = gevent.event.Event()  # a helper with a full inbox waits on it
+        self._polled: _Polled | None = None
         self._waiter: Any = None  # set while the response waits
-        self._reads: Iterator[bytes] | None = None  # the upstream's, when pollable
-        self._decoder: _SseDecoder | None = None  # ... and what decodes them
-        self._pollable: Pollable | None = None
-        self._upstream_watch: Any = None
         self._client_watch: Any = None
         self._client_check_due: float | None = None  # once the client sent bytes
-        self._upstream_due: float | None = None  # the read timeout, from the last read
-        self._readable = False  # the upstream socket was seen readable
         self._ended = False  # the upstream sent its end
         self._stopped = False
 
@@ -1100,7 +1115,7 @@ class _GreenRelay(_Relay):
         self._helper = None
         self._put(item)
 
-    def _adopt(self, chunks: object) -> None:
+    def _adopt(self, chunks: Any) -> None:
         """Read ``chunks`` here if it can be waited on, else in a helper."""
         self._chunks = chunks
         self._secrets = _secrets_of(chunks)
@@ -1108,11 +1123,13 @@ class _GreenRelay(_Relay):
         if pollable is None:
             self._helper = self._gevent.spawn(self._read, chunks)
             return
-        self._pollable = pollable
-        self._upstream_due = _deadline(pollable.read_timeout())
-        self._reads = iter(chunks.iter_bytes())  # type: ignore[attr-defined]
-        self._decoder = _SseDecoder(self._secrets)
-        self._upstream_watch = self._hub.loop.io(pollable.fileno(), 1)
+        self._polled = _Polled(
+            pollable,
+            iter(chunks.iter_bytes()),
+            _SseDecoder(self._secrets),
+            self._hub.loop.io(pollable.fileno(), 1),
+            due=_deadline(pollable.read_timeout()),
+        )
 
     def _read(self, chunks: Any) -> None:
         """The helper's job for an upstream that can't be waited on."""
@@ -1161,43 +1178,30 @@ class _GreenRelay(_Relay):
                     raise item
                 self._ended = item is _END
                 return item
-            decoder = self._decoder
-            if decoder is not None:
-                if decoder.done:
+            polled = self._polled
+            if polled is not None:
+                if polled.decoder.done:
                     self._ended = True
                     return _END
-                if self._readable or self._pollable.pending():  # type: ignore[union-attr]
-                    self._readable = False
-                    read = next(self._reads, None)  # type: ignore[arg-type]
-                    self._upstream_due = _deadline(self._pollable.read_timeout())  # type: ignore[union-attr]
-                    return decoder.end() if read is None else decoder.feed(read)
-                if (
-                    self._upstream_due is not None
-                    and time.monotonic() >= self._upstream_due
-                ):
-                    raise TimeoutError(
-                        "The upstream sent nothing within its read timeout."
-                    )
+                if polled.ready():
+                    return polled.read()
+                if polled.due is not None and time.monotonic() >= polled.due:
+                    raise TimeoutError("The upstream was silent past its read timeout.")
             self._wait(deadline)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
     def _wait(self, deadline: float | None, *, client: bool = True) -> None:
         """Park until the upstream or the client is readable, a helper hands
-        something over, or ``deadline``; note which, and whether the client left."""
+        something over, or a deadline; note which, and whether the client left."""
+        polled = self._polled
         check_due = self._client_check_due if client else None
-        until = min(
-            (
-                due
-                for due in (deadline, check_due, self._upstream_due)
-                if due is not None
-            ),
-            default=None,
-        )
+        dues = (deadline, check_due, polled.due if polled else None)
+        until = min((due for due in dues if due is not None), default=None)
         waiter = self._gevent.hub.Waiter(self._hub)
         watches = []
-        if self._decoder is not None:
-            watches.append((self._upstream_watch, _UPSTREAM))
+        if polled is not None:
+            watches.append((polled.watch, _UPSTREAM))
         if client and check_due is None and self._client_watch is not None:
             watches.append((self._client_watch, _CLIENT))
         for watch, why in watches:
@@ -1215,8 +1219,8 @@ class _GreenRelay(_Relay):
                 watch.stop()
             if timer is not None:
                 timer.close()
-        if why is _UPSTREAM:
-            self._readable = True
+        if why is _UPSTREAM and polled is not None:
+            polled.readable = True
         elif why is _CLIENT:
             self._client_sent()
         if check_due is not None and time.monotonic() >= check_due:
@@ -1262,7 +1266,7 @@ class _GreenRelay(_Relay):
             if self._ended:  # a moment to read to the end of the body
                 helper.join(_DRAIN_SECONDS)
             try:
-                self._gevent.killall([helper], block=True, timeout=_HELPER_JOIN_SECONDS)
+                self._gevent.killall([helper], timeout=_HELPER_JOIN_SECONDS)
             except self._gevent.Timeout:
                 # A starved worker: it is being killed all the same, and the
                 # response must still end as it was going to, not in a 500.
@@ -1271,27 +1275,27 @@ class _GreenRelay(_Relay):
             if isinstance(item, _Opened):
                 _close(item.chunks)
         self._inbox.clear()
-        if self._decoder is not None and self._ended:
-            self._drain()
+        if self._polled is not None and self._ended:
+            self._drain(self._polled)
         # Close the upstream response even when the client left mid-stream: this
         # is what stops the model generating (and billing).
         _close(self._chunks)
-        for watch in (self._upstream_watch, self._client_watch):
-            if watch is not None:
-                watch.close()
+        if self._polled is not None:
+            self._polled.watch.close()
+        if self._client_watch is not None:
+            self._client_watch.close()
 
-    def _drain(self) -> None:
+    def _drain(self, polled: _Polled) -> None:
         """Read to the end of the HTTP body, briefly: only then is it pooled."""
-        assert self._reads is not None and self._pollable is not None
         deadline = _deadline(_DRAIN_SECONDS)
         try:
             for _ in range(_DRAIN_READS):
-                if not self._pollable.pending() and not self._readable:
+                if not polled.ready():
                     self._wait(deadline, client=False)
-                    if not self._readable:
+                    if not polled.ready():
                         return
-                self._readable = False
-                if next(self._reads, None) is None:
+                polled.readable = False
+                if next(polled.reads, None) is None:
                     return
         except Exception:
             return  # the connection is closed, not pooled
