@@ -617,7 +617,8 @@ class _SseDecoder:
             read = read[1:]
         buffer = self._pending + read if self._pending else read
         self._skip_lf = buffer.endswith(b"\r")
-        lines = _SSE_LINE_END.split(buffer)
+        # Most upstreams end lines with LF alone: bytes.split is the fast way.
+        lines = _SSE_LINE_END.split(buffer) if b"\r" in buffer else buffer.split(b"\n")
         self._pending = lines.pop()
         payloads: list[str] = []
         for line in lines:
