@@ -88,11 +88,14 @@ __all__ = [
     "Pollable",
     "Reasoning",
     "Refusal",
+    "SseEncoder",
     "StreamError",
     "Text",
+    "TextEncoder",
     "ToolCallDelta",
     "UpstreamFailed",
     "Usage",
+    "encoded_stream",
     "end_open_streams",
     "open_upstream",
     "register_secret",
@@ -895,7 +898,9 @@ class _Relay:
         # Set once the upstream is open, when given an opener.
         self._chunks: object = None if self._opener else chunks
         self._encoder = encoder
-        self._keepalive = keepalive_seconds if encoder.keepalive is not None else None
+        self.keepalive_seconds = (
+            keepalive_seconds if encoder.keepalive is not None else None
+        )
         self._client_socket = client_socket
         self._hooks = hooks
         self._secrets = _secrets_of(self._chunks)
@@ -960,7 +965,7 @@ class _Relay:
                 yield (
                     encoder.keepalive or b"" if output is None else cast(bytes, output)
                 )
-                output = self._output(_deadline(self._keepalive))
+                output = self._output(_deadline(self.keepalive_seconds))
         except ClientDisconnected:
             return
         except Exception as exc:  # any failure is reported to the client
@@ -1592,7 +1597,13 @@ def sse_frames(
     noticed while the upstream is silent. Close the returned body (WSGI servers do)
     to end the stream.
     """
-    return _relayed(chunks, SseEncoder(), keepalive_seconds, client_socket, callbacks)
+    return encoded_stream(
+        chunks,
+        SseEncoder(),
+        keepalive_seconds=keepalive_seconds,
+        client_socket=client_socket,
+        **callbacks,
+    )
 
 
 def text_stream(
@@ -1611,21 +1622,30 @@ def text_stream(
     body's final chunk, so a client sees an error rather than a silently shortened
     answer.
     """
-    return _relayed(chunks, TextEncoder(), None, client_socket, callbacks)
+    return encoded_stream(
+        chunks, TextEncoder(), client_socket=client_socket, **callbacks
+    )
 
 
-def _relayed(
+def encoded_stream(
     chunks: Iterable[Any] | Opener,
     encoder: Encoder,
-    keepalive_seconds: float | None,
-    client_socket: socket.socket | None,
-    callbacks: Callbacks,
+    *,
+    keepalive_seconds: float | None = None,
+    client_socket: socket.socket | None = None,
+    **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
+    """Stream ``chunks`` in the wire protocol of ``encoder``: the relay under
+    :func:`sse_frames` and :func:`text_stream`, for a protocol of your own.
+
+    ``keepalive_seconds`` applies when the encoder has a keep-alive; the rest is as
+    for :func:`sse_frames`.
+    """
     relay_class = _GreenRelay if _gevent_active() else _ThreadRelay
     relay = relay_class(
         chunks, encoder, keepalive_seconds, client_socket, _Hooks(**callbacks)
     )
-    relay.start(first_output_within=keepalive_seconds)
+    relay.start(first_output_within=relay.keepalive_seconds)
     return _ClosingIterable(relay)
 
 

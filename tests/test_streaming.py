@@ -8,6 +8,7 @@ of reads, an httpx response) and real openai SDK streams over a mock transport.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -1689,3 +1690,77 @@ def test_the_core_passes_these_tests_under_gevent_too() -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+class JsonLines:
+    """A wire protocol of the test's own: each event as one line of JSON."""
+
+    keepalive = b"\n"
+
+    def encode(self, events: Iterable[streaming.Event]) -> bytes:
+        lines = (
+            json.dumps({"event": type(event).__name__, **dataclasses.asdict(event)})
+            for event in events
+        )
+        return "".join(f"{line}\n" for line in lines).encode()
+
+    def end(self) -> bytes:
+        return b'{"event": "End"}\n'
+
+
+def json_lines(body: Iterable[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in collect(body).splitlines() if line]
+
+
+def test_a_protocol_of_ones_own_is_an_encoder() -> None:
+    """Every event the decoder makes reaches an encoder, in the upstream's order:
+    here the ones SSE does not write yet (reasoning, tool-call fragments) too."""
+    thinking = chat(None, delta={"reasoning_content": "Let me see."})
+    thinking_vllm = chat(None, delta={"reasoning": " Yes."})
+    call = {"index": 0, "id": "call_1", "function": {"name": "dice", "arguments": ""}}
+    args = {"index": 0, "function": {"arguments": '{"sides": 6}'}}
+    calls = [
+        chat(None, delta={"tool_calls": [call]}),
+        chat(None, delta={"tool_calls": [args]}),
+    ]
+    chunks = [thinking, thinking_vllm, HI, *calls, chat(None, delta={"refusal": "No."})]
+    assert json_lines(streaming.encoded_stream(chunks, JsonLines())) == [
+        {"event": "Reasoning", "text": "Let me see."},
+        {"event": "Reasoning", "text": " Yes."},
+        {"event": "Text", "text": "hi"},
+        {
+            "event": "ToolCallDelta",
+            "index": 0,
+            "id": "call_1",
+            "name": "dice",
+            "arguments": "",
+        },
+        {
+            "event": "ToolCallDelta",
+            "index": 0,
+            "id": None,
+            "name": None,
+            "arguments": '{"sides": 6}',
+        },
+        {"event": "Refusal", "text": "No."},
+        {"event": "End"},
+    ]
+
+
+def test_a_protocol_of_ones_own_gets_the_error_event() -> None:
+    body = streaming.encoded_stream(then_failing(HI, connection_error()), JsonLines())
+    assert json_lines(body) == [
+        {"event": "Text", "text": "hi"},
+        {"event": "Error", "message": NO_CONNECTION[1], "type": NO_CONNECTION[0]},
+    ]
+
+
+def test_responses_reasoning_deltas_are_reasoning_events() -> None:
+    kinds = ["response.reasoning_summary_text.delta", "response.reasoning_text.delta"]
+    events = [{"type": kind, "delta": f"{i}"} for i, kind in enumerate(kinds)]
+    done = {"type": "response.completed", "response": RESPONSE}
+    assert json_lines(streaming.encoded_stream([*events, done], JsonLines())) == [
+        {"event": "Reasoning", "text": "0"},
+        {"event": "Reasoning", "text": "1"},
+        {"event": "End"},
+    ]
