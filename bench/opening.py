@@ -11,9 +11,9 @@ burst of load from elsewhere then weighs on every way alike.
 - ``upstream``: what ``shared.upstream.Upstream.chat_opener`` does now.
 - ``transport``: the same request, built once, through ``LeanTransport`` alone: the
   floor, without the SDK and httpx2's client.
-- ``flask-text``, ``flask-sse``: a whole request to the Flask app in this process
-  (Werkzeug's test client), ``POST /api/stream`` and ``POST /completions/chat``:
-  routing, guard, validation, relay and all (``--app``).
+- ``flask-text``, ``flask-sse``: a whole request to the Flask app in this process,
+  called as a WSGI server calls it, ``POST /api/stream`` and ``POST
+  /completions/chat``: routing, guard, validation, relay and all (``--app``).
 
 ``--profile`` adds cProfile's view of ``upstream`` (and, with ``--app``, of
 ``flask-text``, in every thread), summed by where the code lives. ``--gevent``
@@ -30,9 +30,10 @@ if __name__ == "__main__" and "--gevent" in sys.argv:  # before socket is import
     monkey.patch_all()
 
 import argparse  # noqa: E402
-import cProfile  # noqa: E402
 import contextlib  # noqa: E402
+import cProfile  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
@@ -70,9 +71,11 @@ PLACES = [
     ("threading.py", "threading, queue"),
     ("queue.py", "threading, queue"),
 ]
-# C functions that block: their time under the profiler's wall clock includes the
-# wait for the upstream or for another thread, not only CPU.
-BLOCKING = ("recv", "send", "sendall", "poll", "select", "acquire", "wait", "switch")
+# C functions whose time under the profiler's wall clock is not all this process's
+# CPU: socket calls (on loopback, a send also runs the receiving side of TCP in
+# the kernel; a recv waits for the upstream), and waits for a thread or greenlet.
+SOCKET_CALLS = ("recv", "recv_into", "send", "sendall")
+WAITS = ("poll", "select", "acquire", "wait", "switch")
 
 
 def direct_ways(upstream: Upstream) -> dict[str, Way]:
@@ -115,20 +118,40 @@ def _read(response: Any) -> None:
 
 
 def app_ways(settings: Settings) -> dict[str, Way]:
-    """Whole requests to the Flask app, through Werkzeug's test client."""
+    """Whole requests to the Flask app, called as a WSGI server calls it."""
     from flask_app import create_app
 
-    client = create_app({"STREAM_SETTINGS": settings}).test_client()
+    app = create_app({"STREAM_SETTINGS": settings})
+    return {
+        "flask-text": _wsgi_call(app, "/api/stream", {"message": PROMPT}),
+        "flask-sse": _wsgi_call(app, "/completions/chat", {"prompt": PROMPT}),
+    }
 
-    def text() -> None:
-        response = client.post("/api/stream", json={"message": PROMPT})
-        assert response.status_code == 200, response.data
 
-    def sse() -> None:
-        response = client.post("/completions/chat", json={"prompt": PROMPT})
-        assert response.status_code == 200 and b"[DONE]" in response.data
+def _wsgi_call(app: Any, path: str, payload: object) -> Way:
+    """One POST of ``payload`` to ``app``, its body read to the end and closed.
 
-    return {"flask-text": text, "flask-sse": sse}
+    The environ is built once: what is measured is the app's work, not a client's.
+    """
+    from werkzeug.test import EnvironBuilder
+
+    body = json.dumps(payload).encode()
+    environ = EnvironBuilder(path=path, method="POST", data=body).get_environ()
+    environ["CONTENT_TYPE"] = "application/json"
+
+    def call() -> None:
+        statuses: list[str] = []
+        answer = app(
+            {**environ, "wsgi.input": io.BytesIO(body)},
+            lambda status, headers, exc_info=None: statuses.append(status),
+        )
+        try:
+            answered = b"".join(answer)
+        finally:
+            answer.close()
+        assert statuses == ["200 OK"] and answered, (statuses, answered)
+
+    return call
 
 
 def measure(ways: dict[str, Way], batches: int, size: int) -> dict[str, list[float]]:
@@ -147,7 +170,10 @@ def measure(ways: dict[str, Way], batches: int, size: int) -> dict[str, list[flo
 
 
 def report(results: dict[str, list[float]]) -> str:
-    lines = ["| way | CPU µs per call, median | middle half of batches |", "|---|--:|--:|"]
+    lines = [
+        "| way | CPU µs per call, median | middle half of batches |",
+        "|---|--:|--:|",
+    ]
     for name, samples in results.items():
         low, _, high = statistics.quantiles(samples, n=4)
         median = statistics.median(samples)
@@ -192,10 +218,10 @@ def profile(way: Way, calls: int, top: int) -> str:
         by_place[_place(filename, function)] += own
     total = sum(by_place.values())
     lines = [
-        f"{calls} calls; own time per call under the profiler (wall clock, "
-        "so blocking calls include their waits):",
+        f"{calls} calls; own time under the profiler (wall clock, and its own "
+        "overhead per function call: compare the shares):",
         "",
-        "| where | µs per call | share |",
+        "| where | profiled µs per call | share |",
         "|---|--:|--:|",
     ]
     for place, seconds in sorted(by_place.items(), key=lambda item: -item[1]):
@@ -208,9 +234,12 @@ def profile(way: Way, calls: int, top: int) -> str:
 
 
 def _place(filename: str, function: str) -> str:
-    if filename == "~":  # a C function
-        name = function.rpartition(" ")[2].strip(">'").rpartition(".")[2]
-        return "blocking C calls" if name in BLOCKING else "other C calls"
+    if filename == "~":  # a C function: "<method 'recv' of ...>", "<built-in ...>"
+        quoted = function.split("'")
+        name = quoted[1] if len(quoted) > 1 else function.strip("<>").split(".")[-1]
+        if name in SOCKET_CALLS:
+            return "socket calls (kernel, and the wait for the upstream)"
+        return "waits (threads, greenlets)" if name in WAITS else "other C calls"
     for fragment, label in PLACES:
         if fragment in filename:
             return label
