@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
+from openai._models import FinalRequestOptions
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
@@ -26,8 +27,11 @@ from shared.transport import LeanTransport
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-# What each typed ``create()`` passes: the request carries the API key.
-_BEARER_AUTH: openai.RequestOptions = {"security": {"bearer_auth": True}}
+# The options of every stream's request but its path and body, as ``create()`` sets
+# them: a POST that carries the API key.
+_POST = FinalRequestOptions.construct(
+    method="post", url="", security={"bearer_auth": True}
+)
 
 
 class Upstream:
@@ -118,24 +122,20 @@ class Upstream:
     def _opener(self, path: str, **body: object) -> Opener:
         """Send ``body`` to ``path`` through the SDK, and answer with the raw response.
 
-        ``client.post`` is the SDK's own way to a path it has no typed method for;
-        ``create()`` goes the same way after two steps that cost most of the CPU of
-        opening a stream and serve nothing here: the conversion of its typed
-        parameters (a recursive walk of the body against the ``TypedDict`` types,
-        for fields that need no renaming), and the wrapping of the HTTP response.
-        The SDK still builds the URL, authenticates, sends its platform headers,
-        times out, retries and maps an error status to its exceptions (all before
-        the first byte). The answer's raw SSE bytes are parsed by
-        ``shared.streaming``: no pydantic object per chunk. The body's keys go in
-        the order ``create()`` sends them.
+        ``create()`` would end in the same ``client.request`` after steps that cost
+        most of the CPU of opening a stream and serve nothing here: the conversion
+        of its typed parameters (a recursive walk of the body against ``TypedDict``
+        types, for fields that need no renaming), the building of the request's
+        options (pydantic fills in each default anew: here a copy of a template),
+        and the wrapping of the response. The SDK still builds the URL,
+        authenticates, sends its platform headers, times out, retries and maps an
+        error status to its exceptions (all before the first byte). The answer's
+        raw SSE bytes are parsed by ``shared.streaming``: no pydantic object per
+        chunk. The body's keys go in the order ``create()`` sends them.
         """
+        options = _POST.model_copy(update={"url": path, "json_data": body})
         return functools.partial(
-            self.client.post,
-            path,
-            body=body,
-            cast_to=httpx2.Response,
-            stream=True,
-            options=_BEARER_AUTH,
+            self.client.request, httpx2.Response, options, stream=True
         )
 
     def _output_cap(self, name: str) -> dict[str, int]:
