@@ -76,6 +76,7 @@ PLACES = [
 # the kernel; a recv waits for the upstream), and waits for a thread or greenlet.
 SOCKET_CALLS = ("recv", "recv_into", "send", "sendall")
 WAITS = ("poll", "select", "acquire", "wait", "switch")
+WAITED = "waits for a thread or greenlet"
 
 
 def direct_ways(upstream: Upstream) -> dict[str, Way]:
@@ -216,10 +217,11 @@ def profile(way: Way, calls: int, top: int) -> str:
     by_place: dict[str, float] = defaultdict(float)
     for (filename, _, function), (_, _, own, _, _) in raw.items():
         by_place[_place(filename, function)] += own
+    waited = by_place.pop(WAITED, 0.0)
     total = sum(by_place.values())
     lines = [
         f"{calls} calls; own time under the profiler (wall clock, and its own "
-        "overhead per function call: compare the shares):",
+        "overhead per function call: compare the shares, of all but the waits):",
         "",
         "| where | profiled µs per call | share |",
         "|---|--:|--:|",
@@ -227,6 +229,7 @@ def profile(way: Way, calls: int, top: int) -> str:
     for place, seconds in sorted(by_place.items(), key=lambda item: -item[1]):
         share = seconds / total
         lines.append(f"| {place} | {seconds / calls * 1e6:.0f} | {share:.0%} |")
+    lines.append(f"| {WAITED} | {waited / calls * 1e6:.0f} | — |")
     out = io.StringIO()
     stats.stream = out  # type: ignore[attr-defined]
     stats.sort_stats("tottime").print_stats(top)
@@ -239,7 +242,7 @@ def _place(filename: str, function: str) -> str:
         name = quoted[1] if len(quoted) > 1 else function.strip("<>").split(".")[-1]
         if name in SOCKET_CALLS:
             return "socket calls (kernel, and the wait for the upstream)"
-        return "waits (threads, greenlets)" if name in WAITS else "other C calls"
+        return WAITED if name in WAITS else "other C calls"
     for fragment, label in PLACES:
         if fragment in filename:
             return label
