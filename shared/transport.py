@@ -34,6 +34,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -202,6 +203,18 @@ def _check_header(name: bytes, value: bytes) -> None:
         )
 
 
+def _os_poll() -> Any:
+    """``select.poll()`` as the OS has it, even in a process gevent has patched.
+
+    A poll that waits for nothing never blocks, so gevent's cooperative version
+    only adds cost: about 40 µs per check of a pooled connection, against 5.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")()
+    return select.poll()
+
+
 class _NothingSent(httpx2.WriteError):
     """The first write of a request failed: not one byte of it left."""
 
@@ -239,7 +252,7 @@ class _Connection:
 
     def is_usable(self) -> bool:
         """Idle and unread: readable now would mean closed (or garbage) by the peer."""
-        poller = select.poll()  # not select(): descriptors go past 1024 under load
+        poller = _os_poll()  # not select(): descriptors go past 1024 under load
         poller.register(self.sock, select.POLLIN)
         return not poller.poll(0)
 

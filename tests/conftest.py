@@ -60,6 +60,15 @@ ACCESS_CONFIGS = {
     },
     "rate-limited": {"STREAM_RATE_LIMIT": RATE_LIMIT},
 }
+# The SDK sends these as OpenAI-Organization and OpenAI-Project.
+ORGANIZATION, PROJECT = "org-test-identified", "proj_test_identified"
+# Configurations whose upstream requests carry every optional part, for
+# tests/test_upstream_requests.py: an organization, a project and an output cap.
+IDENTIFIED = {
+    "OPENAI_ORG_ID": ORGANIZATION,
+    "OPENAI_PROJECT_ID": PROJECT,
+    "STREAM_MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
+}
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Keys that look like nothing a pattern could recognise: only their values can be
 # redacted. Each one is the key of the configuration ``key-NAME``.
@@ -124,8 +133,10 @@ class ServerPool:
             del env["OPENAI_API_KEY"]
         if upstream.ca_file:
             env["SSL_CERT_FILE"] = str(upstream.ca_file)
-        if config == "responses":
+        if config.endswith("responses"):  # "responses" and "identified-responses"
             env["OPENAI_CHAT_API"] = "responses"
+        if config.startswith("identified"):
+            env.update(IDENTIFIED)
         if config == "no-retries":
             env["STREAM_UPSTREAM_MAX_RETRIES"] = "0"
         if config.endswith("proxied"):  # "proxied" and "tls-proxied"
