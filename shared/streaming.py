@@ -34,8 +34,9 @@ Deliberate choices a reader might want to "fix":
 - A delta that is exactly ``[DONE]`` goes out as two events (``[DONE`` and ``]``) so
   that only the real end of the stream reads as the end.
 - Keep-alive is an SSE comment: every parser ignores it, so it never shows as text.
-- The fast input is raw SSE bytes (the apps read them through the SDK's
-  ``with_streaming_response``): a lean parser and one ``json.loads`` per event cost a
+- The fast input is raw SSE bytes (an HTTP response: the SDK's
+  ``with_streaming_response``, or ``client.request(..., stream=True)`` as the apps
+  send theirs): a lean parser and one ``json.loads`` per event cost a
   small fraction of the pydantic object the SDK builds per chunk. What one upstream
   read carries goes out in one write.
 - After ``[DONE]`` the rest of the HTTP body is read (normally just its end): only a
@@ -259,8 +260,8 @@ def _as_stream_error(exc: BaseException) -> StreamError:
         return StreamError(
             502, _redact(exc.message, _secrets_of(exc)), "upstream_error"
         )
-    # Raised while reading raw bytes (``with_streaming_response``), where the SDK
-    # no longer wraps them in its own exceptions.
+    # Raised while reading raw bytes, where the SDK no longer wraps them in its
+    # own exceptions (or by the relay: a silence past the read timeout).
     if isinstance(exc, TimeoutError) or _is_http_error(exc, "TimeoutException"):
         return StreamError(504, "The upstream timed out.", "upstream_timeout")
     if isinstance(exc, OSError) or _is_http_error(exc, "TransportError"):
