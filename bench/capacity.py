@@ -25,12 +25,13 @@ from bench.targets import Target  # noqa: E402
 
 @dataclass(frozen=True)
 class Level:
-    """One run at one number of streams, measured while all of them were open."""
+    """One run at one number of concurrent streams."""
 
     p50_ms: float  # chunk latency: client receipt minus the upstream's stamp
     p99_ms: float
-    cpu_us: float | None  # server CPU per chunk delivered in that window
+    cpu_us: float | None  # server CPU per chunk delivered, stream setup included
     rss_kib: float | None  # peak RSS growth per stream
+    all_open_seconds: float  # how long all streams were open at once (< 0: never)
     ok: int  # streams whose text was exact
 
 
@@ -112,8 +113,9 @@ def capacity_table(rows: list[Curves], levels: Sequence[int], rate: float) -> st
     """One row per target and number of streams: latency added, CPU, memory."""
     lines = [
         f"| target | streams × {rate:g} tokens/s | latency added p50, ms "
-        "| latency added p99, ms | CPU µs/chunk | RSS KiB/stream | streams OK |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| latency added p99, ms | CPU µs/chunk | RSS KiB/stream "
+        "| all open at once, s | streams OK |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for streams in levels:
         for row in rows:
@@ -128,6 +130,7 @@ def capacity_table(rows: list[Curves], levels: Sequence[int], rate: float) -> st
                 spread(latency_added(rows, row, streams, p99), 1),
                 spread([level.cpu_us for level in runs]),
                 spread([level.rss_kib for level in runs]),
+                spread([max(level.all_open_seconds, 0.0) for level in runs]),
                 " / ".join(str(level.ok) for level in runs),
             ]
             lines.append("| " + " | ".join(cells) + " |")

@@ -90,6 +90,8 @@ class Outcome:
     seconds: float = 0.0
     first_sent: float = math.inf  # wall-clock time of the first request sent
     last_received: float = 0.0  # and of the last delta received
+    all_started: float = 0.0  # when the last request to start got its first delta
+    first_ended: float = math.inf  # when the first request to end got its last
 
     @property
     def latencies(self) -> list[float]:
@@ -107,6 +109,13 @@ class Outcome:
         self.seconds = max(self.seconds, other.seconds)
         self.first_sent = min(self.first_sent, other.first_sent)
         self.last_received = max(self.last_received, other.last_received)
+        self.all_started = max(self.all_started, other.all_started)
+        self.first_ended = min(self.first_ended, other.first_ended)
+
+    @property
+    def all_open_seconds(self) -> float:
+        """How long every request was streaming at once (< 0: never)."""
+        return self.first_ended - self.all_started
 
 
 class Failure(Exception):
@@ -358,10 +367,11 @@ async def connection(
             finally:
                 outcome.chunks += len(events.pieces)
                 if events.pieces:
-                    outcome.ttfb.append(events.pieces[0][0] - sent)
-                    outcome.last_received = max(
-                        outcome.last_received, events.pieces[-1][0]
-                    )
+                    first, last = events.pieces[0][0], events.pieces[-1][0]
+                    outcome.ttfb.append(first - sent)
+                    outcome.last_received = max(outcome.last_received, last)
+                    outcome.all_started = max(outcome.all_started, first)
+                    outcome.first_ended = min(outcome.first_ended, last)
                 if timed:
                     outcome.arrivals += scenario.arrivals(events.pieces)
             if not alive and client is not None:

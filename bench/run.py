@@ -21,8 +21,7 @@ spread in ``bench.capacity``):
    cost of opening a stream.
 5. Burst: many streams opened at once; time to first token, and whether the
    server delivers the chunks as fast as the upstream offers them.
-6. Capacity: latency and CPU per chunk at several numbers of concurrent streams,
-   measured while all of them are open (after the ramp, before the first ends).
+6. Capacity: latency and CPU per chunk at several numbers of concurrent streams.
 
 Everything is bounded: each load has a deadline, and the load generator process is
 killed if it overruns it. Ctrl-C or SIGTERM kills every process the run started.
@@ -34,7 +33,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import multiprocessing
 import multiprocessing.pool
@@ -63,7 +61,6 @@ OVERRUN_SECONDS = 15.0  # past a load's deadline, the load generator is killed
 MAX_WAVES = 10
 PHASES = ("ttfb", "cpu", "latency", "opening", "burst", "capacity")
 REPEATED = PHASES[3:]  # a fresh server per target per run
-WINDOW_MARGIN_SECONDS = 0.25  # trimmed off each end of the capacity window
 
 
 @dataclass(frozen=True)
@@ -185,23 +182,11 @@ class Applied:
     seconds: float
     rss_before: int  # KiB
     rss_peak: int
-    cpu_samples: list[tuple[float, float]]  # (wall-clock time, server CPU seconds)
 
     @property
     def per_chunk(self) -> float:
         """Server CPU seconds per text delta delivered."""
         return self.server_cpu / max(self.outcome.chunks, 1)
-
-    def cpu_between(self, start: float, end: float) -> float:
-        """Server CPU seconds between two wall-clock times, interpolating samples."""
-        return self._cpu_at(end) - self._cpu_at(start)
-
-    def _cpu_at(self, when: float) -> float:
-        samples = self.cpu_samples
-        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
-            if t0 <= when <= t1:
-                return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
-        return samples[0][1] if when < samples[0][0] else samples[-1][1]
 
     def __str__(self) -> str:
         # The upstream's share of one core shows that it was not the bottleneck.
@@ -362,12 +347,7 @@ class Bench:
     def apply(self, server: Server, load: Load, parts: int = 1) -> Applied:
         """Run ``load`` against ``server``, watching its CPU and memory meanwhile."""
         pid = server.pid
-
-        def server_cpu() -> float:
-            return procs.cpu_seconds(pid) if pid else 0.0
-
-        cpu = server_cpu()
-        samples = [(time.time(), cpu)]
+        cpu = procs.cpu_seconds(pid) if pid else 0.0
         upstream_cpu = procs.cpu_seconds(self.upstream.pid)
         rss = peak = procs.rss_kib(pid) if pid else 0
         start = time.monotonic()
@@ -375,18 +355,15 @@ class Bench:
         while unfinished := [part for part in pending if not part.ready()]:
             if pid:
                 peak = max(peak, procs.rss_kib(pid))
-            samples.append((time.time(), server_cpu()))
-            unfinished[0].wait(0.1)
+            unfinished[0].wait(0.2)
         outcome = self.loads.wait(pending, load)
-        samples.append((time.time(), server_cpu()))
         return Applied(
             outcome,
-            server_cpu=samples[-1][1] - cpu,
+            server_cpu=procs.cpu_seconds(pid) - cpu if pid else 0.0,
             upstream_cpu=procs.cpu_seconds(self.upstream.pid) - upstream_cpu,
             seconds=time.monotonic() - start,
             rss_before=rss,
             rss_peak=peak,
-            cpu_samples=samples,
         )
 
     def repeated(self, rows: list[Curves], phases: list[str]) -> None:
@@ -506,30 +483,18 @@ class Bench:
                 load.requests,
                 f"run {run}: {streams:,} streams",
             )
-            # All streams are open from the end of the ramp until the first ends.
-            margin = WINDOW_MARGIN_SECONDS
-            start = outcome.first_sent + s.capacity_ramp_seconds + margin
-            end = outcome.first_sent + s.capacity_tokens / s.rate - margin
-            delays = [
-                (received - stamped) * 1000
-                for stamped, received in outcome.arrivals
-                if start <= stamped <= end
-            ]
-            delivered = sum(
-                1 for _, received in outcome.arrivals if start <= received <= end
-            )
-            if not delays or not delivered:
+            if not outcome.latencies:
                 row.problems.append(f"run {run}: no chunk at {streams:,} streams")
                 continue
+            delays = [t * 1000 for t in outcome.latencies]
             level = Level(
                 p50_ms=percentile(delays, 50),
                 p99_ms=percentile(delays, 99),
-                cpu_us=applied.cpu_between(start, end) / delivered * 1e6
-                if server.pid
-                else None,
+                cpu_us=applied.per_chunk * 1e6 if server.pid else None,
                 rss_kib=(applied.rss_peak - applied.rss_before) / streams
                 if server.pid
                 else None,
+                all_open_seconds=outcome.all_open_seconds,
                 ok=outcome.ok,
             )
             row.capacity.setdefault(streams, []).append(level)
@@ -537,8 +502,8 @@ class Bench:
                 server.target,
                 f"capacity run {run}, {streams:,} streams: latency p50 "
                 f"{level.p50_ms:.2f} ms, p99 {level.p99_ms:.2f} ms, "
-                f"{report.number(level.cpu_us, 2)} µs CPU/chunk, "
-                f"RSS +{report.number(level.rss_kib)} KiB/stream, "
+                f"RSS +{report.number(level.rss_kib)} KiB/stream, all open for "
+                f"{max(level.all_open_seconds, 0):.1f}s, "
                 f"{outcome.ok:,}/{streams:,} OK; {applied}",
             )
 
@@ -709,29 +674,30 @@ CPU per run, full speed (µs/chunk): {cpu_runs or "none"}."""
 
 
 def capacity_section(curves: list[Curves], s: Scale) -> str:
-    window = s.capacity_tokens / s.rate - s.capacity_ramp_seconds
+    best = s.capacity_tokens / s.rate - s.capacity_ramp_seconds
     return f"""## Capacity: latency and CPU against concurrent streams
 
 {capacity.capacity_table(curves, s.levels, s.rate)}
 
 Each cell is the median of {s.runs} run(s), with the runs' min–max in brackets;
-each run starts every target afresh and takes it through the numbers of streams
-in turn. Per run and number of streams: {s.capacity_tokens} tokens per stream at
-{s.rate:g} tokens/s, streams opened evenly over {s.capacity_ramp_seconds:g}s, by
-{s.loadgens} load generator process(es). Everything is measured in the window when
-all of them are open: from the end of the ramp to the end of the first stream
-({window:g}s), less {WINDOW_MARGIN_SECONDS:g}s at each end.
+each run starts every target afresh and takes it through the opening and burst
+phases, then through the numbers of streams in turn. Per run and number of streams:
+{s.capacity_tokens} tokens per stream at {s.rate:g} tokens/s, streams opened evenly
+over {s.capacity_ramp_seconds:g}s, by {s.loadgens} load generator process(es).
 
-- **latency added p50, p99**: per chunk stamped by the upstream in the window, the
-  client's receive time minus that stamp, minus the same percentile of `direct`
-  (the median of its runs; its own row shows its values): what the server adds.
-- **CPU µs/chunk**: the server's CPU time in the window (from `/proc`, sampled
-  every 0.1 s and interpolated) over the chunks the client received in it. A
-  server that cannot keep up still delivers fewer chunks than offered: then its
-  latency grows through the window.
+- **latency added p50, p99**: per chunk, the client's receive time minus the time
+  the upstream stamped into the token, over all chunks, minus the same percentile
+  of `direct` (the median of its runs; its own row shows its values).
+- **CPU µs/chunk**: user + system CPU time of the server's processes during the
+  load over the chunks delivered; stream setup included, spread over
+  {s.capacity_tokens} tokens (as "paced" above).
 - **RSS KiB/stream**: peak resident memory during the load minus the same before
-  it, over the number of streams; the server already served the phases and
-  smaller loads before, so pools it grew then are not counted again.
+  it, over the number of streams; the server already served the smaller loads, so
+  pools it grew then are not counted again.
+- **all open at once**: from the moment the last stream got its first token to
+  the moment the first stream got its last ({best:g}s at best). Less means the
+  server opened the streams more slowly than they came (0: never all open at
+  once), so its latency was measured with fewer streams open.
 - **streams OK**: streams whose text was exact and ended with `[DONE]`, per run."""
 
 
@@ -851,8 +817,7 @@ def check_scale(parser: argparse.ArgumentParser, scale: Scale) -> None:
         )
     if not levels or min(levels) < 1:
         parser.error(f"--capacity-levels {scale.capacity_levels!r}: use numbers ≥ 1")
-    window = scale.capacity_tokens / scale.rate - scale.capacity_ramp_seconds
-    if window <= 2 * WINDOW_MARGIN_SECONDS:
+    if scale.capacity_tokens / scale.rate <= scale.capacity_ramp_seconds:
         parser.error(
             f"--capacity-tokens {scale.capacity_tokens} at --rate {scale.rate:g} ends "
             f"the first stream before the {scale.capacity_ramp_seconds:g}s ramp is "
