@@ -8,6 +8,7 @@ as what a target adds over ``direct``'s median at the same load, as in that tabl
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,22 @@ class Curves:
     burst: list[Burst] = field(default_factory=list)
     opening_us: list[float] = field(default_factory=list)  # server CPU per request
     problems: list[str] = field(default_factory=list)
+
+
+def raw(rows: list[Curves]) -> dict[str, Any]:
+    """Every run's figures by target, for ``bench/out/runs.json``."""
+    return {
+        row.target.name: {
+            "capacity": {
+                str(n): [dataclasses.asdict(level) for level in levels]
+                for n, levels in row.capacity.items()
+            },
+            "burst": [dataclasses.asdict(burst) for burst in row.burst],
+            "opening_us": row.opening_us,
+            "problems": row.problems,
+        }
+        for row in rows
+    }
 
 
 def median(values: Sequence[float | None]) -> float | None:

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import multiprocessing
 import multiprocessing.pool
@@ -791,6 +792,10 @@ def main(argv: list[str] | None = None) -> None:
     page = results_page(rows, curves, scale, phases, made_by, seconds)
     args.results.write_text(page)
     wrote = [args.results]
+    if set(phases) & set(REPEATED):
+        runs = OUT / "runs.json"
+        runs.write_text(json.dumps(capacity.raw(curves), indent=1))
+        wrote.append(runs)
     if set(phases) & {"ttfb", "cpu", "latency"}:
         print("\n" + report.table(rows, scale.streams, scale.rate))
         report.plot(rows, scale.streams, scale.rate, args.plot)
