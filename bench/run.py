@@ -81,8 +81,8 @@ class Scale:
     slack_seconds: float = 30.0  # a latency load's deadline past its nominal end
     sync_limit_seconds: float = 15.0  # the deadline when streams queue one by one
     capacity_levels: str = "250,500,1000,2000"  # concurrent streams, at ``rate``
-    capacity_tokens: int = 100
-    capacity_ramp_seconds: float = 1.5
+    capacity_tokens: int = 60
+    capacity_ramp_seconds: float = 1.0
     burst_streams: int = 1000
     burst_tokens: int = 60  # at ``rate``: 50 ms apart
     opening_cpu_seconds: float = 1.0  # server CPU per opening run, at least
