@@ -75,5 +75,5 @@ $(EXPRESS)/node_modules: $(EXPRESS)/package.json
 		else npm install --no-audit --no-fund; fi
 	touch $@
 
-bench: $(STAMP) $(BENCH_STAMP) $(EXPRESS)/node_modules ## Compare CPU, latency and memory with other servers (BENCH_ARGS=--quick)
+bench: $(STAMP) $(BENCH_STAMP) $(EXPRESS)/node_modules ## Compare CPU, latency, capacity and memory with other servers (BENCH_ARGS="--quick", "--phases capacity --targets flask-gevent --runs 1")
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

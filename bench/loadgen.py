@@ -16,14 +16,17 @@ final ``[DONE]``; the time of every delta's arrival is kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
+import math
+import re
 import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import quote
 
 from bench import aio, scenario
@@ -40,6 +43,23 @@ class Load:
     ``deadline_seconds`` whatever is unfinished is abandoned.
     """
 
+    def split(self, parts: int) -> list[Load]:
+        """The same load as ``parts`` loads for as many processes, interleaved.
+
+        Their connections open alternately over the same ramp, so together they
+        send what this load would.
+        """
+        parts = max(1, min(parts, self.concurrency))
+        return [
+            dataclasses.replace(
+                self,
+                concurrency=_share(self.concurrency, parts, part),
+                requests=_share(self.requests, parts, part),
+                start_seconds=self.ramp_seconds * part / self.concurrency,
+            )
+            for part in range(parts)
+        ]
+
     port: int
     prompt: str
     api: Literal["sse", "openai"] = "sse"
@@ -48,6 +68,12 @@ class Load:
     requests: int = 1
     ramp_seconds: float = 0.0
     deadline_seconds: float = 60.0
+    start_seconds: float = 0.0  # when the first connection opens: see split()
+
+
+def _share(total: int, parts: int, part: int) -> int:
+    """Part ``part`` of ``total`` split as evenly as can be into ``parts``."""
+    return total // parts + (part < total % parts)
 
 
 @dataclass
@@ -58,13 +84,49 @@ class Outcome:
     errors: Counter[str] = field(default_factory=Counter)
     chunks: int = 0  # text deltas received, from every request
     ttfb: list[float] = field(default_factory=list)  # send to first delta
-    latencies: list[float] = field(default_factory=list)  # rate scenarios only
+    # (upstream stamp, client receipt) per token: rate scenarios only
+    arrivals: list[tuple[float, float]] = field(default_factory=list)
     connections: int = 0
     seconds: float = 0.0
+    first_sent: float = math.inf  # wall-clock time of the first request sent
+    last_received: float = 0.0  # and of the last delta received
+    all_started: float = 0.0  # when the last request to start got its first delta
+    first_ended: float = math.inf  # when the first request to end got its last
+
+    @property
+    def latencies(self) -> list[float]:
+        """Seconds from upstream send to client receipt, per token."""
+        return [received - stamped for stamped, received in self.arrivals]
+
+    def merge(self, other: Outcome) -> None:
+        """Add what another load generator process saw of the same load."""
+        self.ok += other.ok
+        self.errors += other.errors
+        self.chunks += other.chunks
+        self.ttfb += other.ttfb
+        self.arrivals += other.arrivals
+        self.connections += other.connections
+        self.seconds = max(self.seconds, other.seconds)
+        self.first_sent = min(self.first_sent, other.first_sent)
+        self.last_received = max(self.last_received, other.last_received)
+        self.all_started = max(self.all_started, other.all_started)
+        self.first_ended = min(self.first_ended, other.first_ended)
+
+    @property
+    def all_open_seconds(self) -> float:
+        """How long every request was streaming at once (< 0: never)."""
+        return self.first_ended - self.all_started
 
 
 class Failure(Exception):
     """A request that got an answer, but the wrong one."""
+
+
+# The fake upstream's content chunks, as the relay passes them on: read without a
+# JSON parser, which would cost the client more than the relay spends per chunk.
+_CONTENT = re.compile(
+    rb'^\{[^{]*"choices":\[\{"index":0,"delta":\{"content":"([^"\\]*)"\}'
+)
 
 
 class Events:
@@ -101,6 +163,9 @@ class Events:
             self.done = True
         elif self.api == "sse":
             self.pieces.append((now, data.decode()))
+        elif match := _CONTENT.match(data):
+            if match[1]:
+                self.pieces.append((now, match[1].decode()))
         else:
             for choice in json.loads(data)["choices"]:
                 if text := choice["delta"].get("content"):
@@ -129,31 +194,143 @@ def request_bytes(load: Load) -> bytes:
     ).encode() + body
 
 
-async def read_response(
-    reader: asyncio.StreamReader, sink: Callable[[bytes], None]
-) -> bool:
-    """Read one response, passing its body to ``sink``; True if the connection lives."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    status_line, *lines = head.split("\r\n")
-    version, status, _ = status_line.split(" ", 2)
-    if status != "200":
-        raise Failure(f"HTTP {status}")
-    headers = {
-        name.strip().lower(): value.strip().lower()
-        for name, _, value in (line.partition(":") for line in lines if line)
-    }
-    alive = version == "HTTP/1.1" and headers.get("connection") != "close"
-    if "chunked" in headers.get("transfer-encoding", ""):
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            sink((await reader.readexactly(size + 2))[:-2])
-        await reader.readuntil(b"\r\n")  # the empty trailer
-    elif "content-length" in headers:
-        sink(await reader.readexactly(int(headers["content-length"])))
-    else:
-        while data := await reader.read(1 << 16):
-            sink(data)
-        alive = False
-    return alive
+class Response:
+    """Parses one HTTP/1.1 response as its bytes arrive, passing the body on.
+
+    A push parser (fed by :class:`Connection`) rather than awaits on a stream
+    reader: two awaits per HTTP chunk made the client, not the server under test,
+    the bottleneck at a few thousand streams. Everything that arrived together
+    goes to ``sink`` in one call, which stamps it with one arrival time.
+    """
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        self.buffer = b""
+        self.state = "head"
+        self.size = 0  # of the chunk or sized body being read
+        self.alive = False  # whether the connection can carry another request
+        self.finished = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse what has arrived; raises :class:`Failure` or ``ValueError``."""
+        self.buffer += data
+        body: list[bytes] = []
+        while not self.finished and self.step(body):
+            pass
+        if body:
+            self.sink(b"".join(body))
+
+    def step(self, body: list[bytes]) -> bool:
+        """Parse one element (head, chunk size, chunk, ...); False if incomplete."""
+        buffer = self.buffer
+        if self.state == "data":
+            if len(buffer) < self.size + 2:
+                return False
+            body.append(buffer[: self.size])
+            self.buffer = buffer[self.size + 2 :]
+            self.state = "size"
+            return True
+        if self.state == "sized":
+            if len(buffer) < self.size:
+                return False
+            body.append(buffer[: self.size])
+            self.buffer = buffer[self.size :]
+            self.finished = True
+            return True
+        if self.state == "close":
+            body.append(buffer)
+            self.buffer = b""
+            return False
+        end = buffer.find(b"\r\n\r\n" if self.state == "head" else b"\r\n")
+        if end < 0:
+            return False
+        line, self.buffer = buffer[:end], buffer[end + 2 :]
+        if self.state == "head":
+            self.buffer = self.buffer[2:]
+            self.head(line.decode("latin-1"))
+        elif self.state == "size":
+            self.size = int(line.split(b";")[0], 16)
+            self.state = "data" if self.size else "trailer"
+        else:  # the trailer: header lines until an empty one
+            self.finished = not line
+        return True
+
+    def head(self, head: str) -> None:
+        status_line, *lines = head.split("\r\n")
+        version, status, _ = status_line.split(" ", 2)
+        if status != "200":
+            raise Failure(f"HTTP {status}")
+        headers = {
+            name.strip().lower(): value.strip().lower()
+            for name, _, value in (line.partition(":") for line in lines if line)
+        }
+        self.alive = version == "HTTP/1.1" and headers.get("connection") != "close"
+        if "chunked" in headers.get("transfer-encoding", ""):
+            self.state = "size"
+        elif "content-length" in headers:
+            self.state, self.size = "sized", int(headers["content-length"])
+        else:
+            self.state, self.alive = "close", False
+
+    def end_of_input(self) -> None:
+        """The connection closed: fine only for a close-delimited body."""
+        if self.state == "close":
+            self.feed(b"")
+            self.finished = True
+        elif not self.finished:
+            raise Failure("body cut short")
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; :meth:`exchange` sends a request, reads its answer."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.response: Response | None = None
+        self.answered: asyncio.Future[bool] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    async def exchange(self, request: bytes, response: Response) -> bool:
+        """Send ``request``; True when the answer ended and the connection lives."""
+        assert self.transport is not None
+        if self.closed:
+            raise Failure("connection closed")
+        self.response = response
+        self.answered = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            return await self.answered
+        finally:
+            self.response = self.answered = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None or self.answered is None or self.answered.done():
+            return
+        try:
+            self.response.feed(data)
+        except (Failure, ValueError) as exc:
+            self.answered.set_exception(exc)
+            return
+        if self.response.finished:
+            self.answered.set_result(self.response.alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.response is None or self.answered is None or self.answered.done():
+            return
+        try:
+            self.response.end_of_input()
+        except Failure as failure:
+            self.answered.set_exception(failure)
+        else:
+            self.answered.set_result(False)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def connection(
@@ -167,44 +344,42 @@ async def connection(
     await asyncio.sleep(delay)
     request = request_bytes(load)
     timed = isinstance(scenario.parse(load.prompt), scenario.Rate)
-    streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    loop = asyncio.get_running_loop()
+    client: Connection | None = None
     try:
         for _ in range(count):
             events = Events(load.api)
             try:
-                if streams is None:
+                if client is None:
                     async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                        streams = await asyncio.open_connection(
-                            "127.0.0.1",
-                            load.port,
-                            ssl=context,
-                            limit=1 << 20,
+                        _, client = await loop.create_connection(
+                            Connection, "127.0.0.1", load.port, ssl=context
                         )
                     outcome.connections += 1
-                reader, writer = streams
                 sent = time.time()
-                writer.write(request)
-                alive = await read_response(reader, events.feed)
+                outcome.first_sent = min(outcome.first_sent, sent)
+                alive = await client.exchange(request, Response(events.feed))
             except (OSError, TimeoutError, Failure, ValueError) as exc:
                 outcome.errors[str(exc) if isinstance(exc, Failure) else repr(exc)] += 1
-                alive = False
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                outcome.errors["body cut short"] += 1
                 alive = False
             else:
                 record(load.prompt, events, sent, outcome)
             finally:
                 outcome.chunks += len(events.pieces)
                 if events.pieces:
-                    outcome.ttfb.append(events.pieces[0][0] - sent)
+                    first, last = events.pieces[0][0], events.pieces[-1][0]
+                    outcome.ttfb.append(first - sent)
+                    outcome.last_received = max(outcome.last_received, last)
+                    outcome.all_started = max(outcome.all_started, first)
+                    outcome.first_ended = min(outcome.first_ended, last)
                 if timed:
-                    outcome.latencies += scenario.latencies(events.pieces)
-            if not alive and streams is not None:
-                streams[1].close()
-                streams = None
+                    outcome.arrivals += scenario.arrivals(events.pieces)
+            if not alive and client is not None:
+                client.close()
+                client = None
     finally:
-        if streams is not None:
-            streams[1].close()
+        if client is not None:
+            client.close()
 
 
 def record(prompt: str, events: Events, sent: float, outcome: Outcome) -> None:
@@ -226,7 +401,7 @@ async def generate(load: Load) -> Outcome:
             connection(
                 load,
                 per + (i < extra),
-                load.ramp_seconds * i / load.concurrency,
+                load.start_seconds + load.ramp_seconds * i / load.concurrency,
                 outcome,
                 context,
             )

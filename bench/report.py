@@ -119,7 +119,9 @@ def plot(rows: list[Figures], streams: int, rate: float, path: Path) -> None:
             (
                 r,
                 r.latency_ms[1] if r.latency_ms else None,
-                f" ({r.streams_ok:,} done)" if r.streams_ok != streams else "",
+                f" ({r.streams_ok:,} done)"
+                if r.streams_ok is not None and r.streams_ok != streams
+                else "",
             )
             for r in rows
         ],

@@ -1,6 +1,7 @@
 """Run every target through the same measurements and report them side by side.
 
-``python -m bench.run [--quick] [--targets a,b]`` (``make bench`` runs it).
+``python -m bench.run [--quick] [--targets a,b] [--phases a,b] [--runs N]``
+(``make bench`` runs it; ``--help`` lists every knob).
 
 One fake upstream (plain and TLS) serves the whole run. For each measurement each
 target is started afresh, warmed up, measured by the load generator in its own
@@ -13,6 +14,15 @@ process, and stopped by its PID. The phases:
 3. Latency and memory: many concurrent streams at a token rate a model would
    produce; the upstream stamps each token so each chunk's delay can be measured.
 
+Then, ``--runs`` times over with a fresh server per target each time (medians and
+spread in ``bench.capacity``):
+
+4. Opening: server CPU per request for a one-token answer, which is mostly the
+   cost of opening a stream.
+5. Burst: many streams opened at once; time to first token, and whether the
+   server delivers the chunks as fast as the upstream offers them.
+6. Capacity: latency and CPU per chunk at several numbers of concurrent streams.
+
 Everything is bounded: each load has a deadline, and the load generator process is
 killed if it overruns it. Ctrl-C or SIGTERM kills every process the run started.
 """
@@ -23,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import multiprocessing
 import multiprocessing.pool
@@ -33,13 +44,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, procs, report
+from bench import capacity, loadgen, procs, report
+from bench.capacity import Burst, Curves, Level
 from bench.loadgen import Load, Outcome
 from bench.report import Figures, percentile
 from bench.targets import BENCH, ROOT, TARGETS, Target, Upstream
@@ -48,6 +60,8 @@ OUT = BENCH / "out"  # logs and the CA file; not committed
 START_TIMEOUT_SECONDS = 30.0
 OVERRUN_SECONDS = 15.0  # past a load's deadline, the load generator is killed
 MAX_WAVES = 10
+PHASES = ("ttfb", "cpu", "latency", "opening", "burst", "capacity")
+REPEATED = PHASES[3:]  # a fresh server per target per run
 
 
 @dataclass(frozen=True)
@@ -66,9 +80,33 @@ class Scale:
     ramp_seconds: float = 1.0
     slack_seconds: float = 30.0  # a latency load's deadline past its nominal end
     sync_limit_seconds: float = 15.0  # the deadline when streams queue one by one
+    capacity_levels: str = "250,500,1000,2000"  # concurrent streams, at ``rate``
+    capacity_tokens: int = 60
+    capacity_ramp_seconds: float = 1.0
+    burst_streams: int = 1000
+    burst_tokens: int = 60  # at ``rate``: 50 ms apart
+    opening_cpu_seconds: float = 1.0  # server CPU per opening run, at least
+    opening_concurrency: int = 4
+    loadgens: int = 2  # load generator processes for the burst and capacity loads
+
+    @property
+    def levels(self) -> list[int]:
+        return [int(n) for n in self.capacity_levels.split(",")]
 
 
-QUICK = Scale(runs=1, cpu_tokens=200, ttfb_requests=30, streams=200, tokens=40)
+QUICK = Scale(
+    runs=1,
+    cpu_tokens=200,
+    ttfb_requests=30,
+    streams=200,
+    tokens=40,
+    capacity_levels="100,200",
+    capacity_tokens=40,
+    capacity_ramp_seconds=0.5,
+    burst_streams=200,
+    burst_tokens=20,
+    opening_cpu_seconds=0.3,
+)
 
 
 @dataclass(frozen=True)
@@ -93,25 +131,39 @@ class Server:
         )
 
 
+Pending = list[multiprocessing.pool.AsyncResult[Outcome]]
+
+
 class LoadRunner:
-    """Runs each load in one worker process, replaced if a load overruns."""
+    """Runs each load in worker processes, replaced if a load overruns.
 
-    def __init__(self) -> None:
+    A load can be split over several processes (``parts``), so that the load
+    generator keeps up with thousands of streams while the server under test
+    has its share of the CPUs.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
         self.context = multiprocessing.get_context("spawn")
-        self.pool = self.context.Pool(1)
+        self.pool = self.context.Pool(processes)
 
-    def start(self, load: Load) -> multiprocessing.pool.AsyncResult[Outcome]:
-        return self.pool.apply_async(loadgen.run, (load,))
+    def start(self, load: Load, parts: int = 1) -> Pending:
+        return [
+            self.pool.apply_async(loadgen.run, (part,))
+            for part in load.split(min(parts, self.processes))
+        ]
 
-    def wait(
-        self, pending: multiprocessing.pool.AsyncResult[Outcome], load: Load
-    ) -> Outcome:
+    def wait(self, pending: Pending, load: Load) -> Outcome:
+        deadline = time.monotonic() + load.deadline_seconds + OVERRUN_SECONDS
+        outcome = Outcome()
         try:
-            return pending.get(load.deadline_seconds + OVERRUN_SECONDS)
+            for part in pending:
+                outcome.merge(part.get(max(deadline - time.monotonic(), 0.0)))
         except multiprocessing.TimeoutError:
             self.close()
-            self.pool = self.context.Pool(1)
+            self.pool = self.context.Pool(self.processes)
             raise RuntimeError("the load generator overran its deadline") from None
+        return outcome
 
     def run(self, load: Load) -> Outcome:
         return self.wait(self.start(load), load)
@@ -206,7 +258,7 @@ class Bench:
             )
             outcome = self.loads.run(load)
             figures.new_connections[scheme] = self.upstream.accepted(tls) - before
-        self.check(target, figures, outcome, load.requests, f"TTFB {scheme}")
+        self.check(target, figures.problems, outcome, load.requests, f"TTFB {scheme}")
         if outcome.ttfb:
             ms = [t * 1000 for t in outcome.ttfb]
             figures.ttfb_ms[scheme] = (percentile(ms, 50), percentile(ms, 99))
@@ -248,7 +300,9 @@ class Bench:
             )
             for run in range(1, scale.runs + 1):
                 applied = self.apply(server, load)
-                self.check(target, figures, applied.outcome, load.requests, "CPU")
+                self.check(
+                    target, figures.problems, applied.outcome, load.requests, "CPU"
+                )
                 if applied.outcome.chunks:
                     figures.cpu_us.append(applied.per_chunk * 1e6)
                     self.say(target, f"CPU run {run}/{scale.runs}: {applied}")
@@ -272,7 +326,7 @@ class Bench:
             applied = self.apply(server, load)
         outcome = applied.outcome
         figures.streams_ok, figures.done_seconds = outcome.ok, outcome.seconds
-        self.check(target, figures, outcome, load.requests, "latency")
+        self.check(target, figures.problems, outcome, load.requests, "latency")
         if server.pid:
             figures.paced_cpu_us = applied.per_chunk * 1e6
             if not target.one_at_a_time:
@@ -291,18 +345,18 @@ class Bench:
                 f"{applied}",
             )
 
-    def apply(self, server: Server, load: Load) -> Applied:
+    def apply(self, server: Server, load: Load, parts: int = 1) -> Applied:
         """Run ``load`` against ``server``, watching its CPU and memory meanwhile."""
         pid = server.pid
         cpu = procs.cpu_seconds(pid) if pid else 0.0
         upstream_cpu = procs.cpu_seconds(self.upstream.pid)
         rss = peak = procs.rss_kib(pid) if pid else 0
         start = time.monotonic()
-        pending = self.loads.start(load)
-        while not pending.ready():
+        pending = self.loads.start(load, parts)
+        while unfinished := [part for part in pending if not part.ready()]:
             if pid:
                 peak = max(peak, procs.rss_kib(pid))
-            pending.wait(0.2)
+            unfinished[0].wait(0.2)
         outcome = self.loads.wait(pending, load)
         return Applied(
             outcome,
@@ -313,10 +367,151 @@ class Bench:
             rss_peak=peak,
         )
 
+    def repeated(self, rows: list[Curves], phases: list[str]) -> None:
+        """The opening, burst and capacity phases, ``runs`` times over.
+
+        Each run starts each target afresh and takes it through the phases in
+        turn; runs go round the targets, so a noisy minute on the shared machine
+        falls on one run of several targets rather than on every run of one.
+        """
+        runs = self.scale.runs
+        for run in range(1, runs + 1):
+            for row in rows:
+                target = row.target
+                if target.one_at_a_time:
+                    if run == 1:
+                        row.problems.append("not measured: one stream at a time")
+                    continue
+                try:
+                    with self.serve(target, tls=False) as server:
+                        if "opening" in phases and server.pid:
+                            self.opening(server, row, run)
+                        if "burst" in phases:
+                            self.burst(server, row, run)
+                        if "capacity" in phases:
+                            self.capacity(server, row, run)
+                except (RuntimeError, OSError) as exc:
+                    row.problems.append(f"run {run}: {exc}")
+                    self.say(target, f"run {run} failed: {exc}")
+
+    def opening(self, server: Server, row: Curves, run: int) -> None:
+        """Server CPU per one-token answer: a calibration sizes a run to read ticks.
+
+        ``opening_concurrency`` connections send requests one after another on
+        keep-alive connections, as many as it takes to use ``opening_cpu_seconds``.
+        """
+        scale = self.scale
+        load = server.load(
+            "full:1",
+            concurrency=scale.opening_concurrency,
+            requests=max(200, scale.opening_concurrency),
+            deadline_seconds=60.0,
+        )
+        calibration = self.apply(server, load)
+        answered = max(calibration.outcome.ok, 1)
+        per_request = max(calibration.server_cpu / answered, 1e-5)
+        requests = math.ceil(scale.opening_cpu_seconds / per_request)
+        load = dataclasses.replace(
+            load, requests=min(max(requests, 200), 50_000), deadline_seconds=120.0
+        )
+        applied = self.apply(server, load)
+        self.check(
+            row.target,
+            row.problems,
+            applied.outcome,
+            load.requests,
+            f"run {run}: opening",
+        )
+        if applied.outcome.ok:
+            row.opening_us.append(applied.server_cpu / applied.outcome.ok * 1e6)
+            self.say(
+                server.target,
+                f"opening run {run}: {row.opening_us[-1]:,.0f} µs CPU/request "
+                f"({applied.outcome.ok:,} requests, {applied.server_cpu:.2f}s CPU)",
+            )
+
+    def burst(self, server: Server, row: Curves, run: int) -> None:
+        """``burst_streams`` opened at once: first token, and chunks/s kept up."""
+        s = self.scale
+        load = server.load(
+            f"rate:{s.rate:g}:{s.burst_tokens}",
+            concurrency=s.burst_streams,
+            requests=s.burst_streams,
+            deadline_seconds=s.burst_tokens / s.rate + s.slack_seconds,
+        )
+        outcome = self.apply(server, load, parts=s.loadgens).outcome
+        self.check(
+            row.target, row.problems, outcome, load.requests, f"run {run}: burst"
+        )
+        if not outcome.ttfb:
+            return
+        first = [t * 1000 for t in outcome.ttfb]
+        result = Burst(
+            first_p50_ms=percentile(first, 50),
+            first_p99_ms=percentile(first, 99),
+            delivered=outcome.chunks
+            / max(outcome.last_received - outcome.first_sent, 1e-3),
+            offered=s.burst_streams * s.burst_tokens * s.rate / (s.burst_tokens - 1),
+            ok=outcome.ok,
+        )
+        row.burst.append(result)
+        self.say(
+            server.target,
+            f"burst run {run}: first token p50 {result.first_p50_ms:.1f} ms, "
+            f"p99 {result.first_p99_ms:.1f} ms, {result.delivered:,.0f} of "
+            f"{result.offered:,.0f} chunks/s, {outcome.ok:,}/{load.requests:,} OK",
+        )
+
+    def capacity(self, server: Server, row: Curves, run: int) -> None:
+        """Each number of streams in turn, measured while all of them are open."""
+        s = self.scale
+        for streams in s.levels:
+            load = server.load(
+                f"rate:{s.rate:g}:{s.capacity_tokens}",
+                concurrency=streams,
+                requests=streams,
+                ramp_seconds=s.capacity_ramp_seconds,
+                deadline_seconds=s.capacity_ramp_seconds
+                + s.capacity_tokens / s.rate
+                + s.slack_seconds,
+            )
+            applied = self.apply(server, load, parts=s.loadgens)
+            outcome = applied.outcome
+            self.check(
+                row.target,
+                row.problems,
+                outcome,
+                load.requests,
+                f"run {run}: {streams:,} streams",
+            )
+            if not outcome.latencies:
+                row.problems.append(f"run {run}: no chunk at {streams:,} streams")
+                continue
+            delays = [t * 1000 for t in outcome.latencies]
+            level = Level(
+                p50_ms=percentile(delays, 50),
+                p99_ms=percentile(delays, 99),
+                cpu_us=applied.per_chunk * 1e6 if server.pid else None,
+                rss_kib=(applied.rss_peak - applied.rss_before) / streams
+                if server.pid
+                else None,
+                all_open_seconds=outcome.all_open_seconds,
+                ok=outcome.ok,
+            )
+            row.capacity.setdefault(streams, []).append(level)
+            self.say(
+                server.target,
+                f"capacity run {run}, {streams:,} streams: latency p50 "
+                f"{level.p50_ms:.2f} ms, p99 {level.p99_ms:.2f} ms, "
+                f"RSS +{report.number(level.rss_kib)} KiB/stream, all open for "
+                f"{max(level.all_open_seconds, 0):.1f}s, "
+                f"{outcome.ok:,}/{streams:,} OK; {applied}",
+            )
+
     def check(
         self,
         target: Target,
-        figures: Figures,
+        problems: list[str],
         outcome: Outcome,
         expected: int,
         what: str,
@@ -324,11 +519,9 @@ class Bench:
         """Note failed requests (the row shows them, the run goes on)."""
         if outcome.ok == expected:
             return
-        problems = ", ".join(
-            f"{n} × {kind}" for kind, n in outcome.errors.most_common(3)
-        )
-        note = f"{what}: {outcome.ok}/{expected} correct ({problems})"
-        figures.problems.append(note)
+        kinds = ", ".join(f"{n} × {kind}" for kind, n in outcome.errors.most_common(3))
+        note = f"{what}: {outcome.ok}/{expected} correct ({kinds})"
+        problems.append(note)
         self.say(target, note)
 
 
@@ -365,59 +558,87 @@ def fake_upstream() -> Iterator[Upstream]:
         yield dataclasses.replace(upstream, pid=process.pid)
 
 
-def measure(scale: Scale, targets: list[Target]) -> list[Figures]:
+def measure(
+    scale: Scale, targets: list[Target], phases: list[str]
+) -> tuple[list[Figures], list[Curves]]:
+    """Run the chosen phases: the single-run ones first, then the repeated ones."""
     rows = [Figures(target) for target in targets]
-    loads = LoadRunner()
+    curves = [Curves(target) for target in targets]
+    loads = LoadRunner(max(1, scale.loadgens))
     try:
         with fake_upstream() as upstream:
             bench = Bench(scale, upstream, loads)
-            phases: list[Callable[[Target, Figures], None]] = [
-                functools.partial(bench.ttfb, tls=False),
-                functools.partial(bench.ttfb, tls=True),
-                bench.cpu,
-                bench.latency,
-            ]
-            for phase in phases:
+            single: dict[str, list[Callable[[Target, Figures], None]]] = {
+                "ttfb": [
+                    functools.partial(bench.ttfb, tls=False),
+                    functools.partial(bench.ttfb, tls=True),
+                ],
+                "cpu": [bench.cpu],
+                "latency": [bench.latency],
+            }
+            for phase in (p for name in phases for p in single.get(name, [])):
                 for figures in rows:
                     try:
                         phase(figures.target, figures)
                     except (RuntimeError, OSError) as exc:
                         figures.problems.append(f"{exc}")
                         bench.say(figures.target, f"failed: {exc}")
+            if set(phases) & set(REPEATED):
+                bench.repeated(curves, phases)
     finally:
         loads.close()
-    return rows
+    return rows, curves
 
 
 def results_page(
-    rows: list[Figures], scale: Scale, made_by: str, seconds: float
+    rows: list[Figures],
+    curves: list[Curves],
+    scale: Scale,
+    phases: list[str],
+    made_by: str,
+    seconds: float,
 ) -> str:
-    """The table, what each column measures, and what went wrong."""
-    s = scale
+    """The tables of the phases that ran, what each column measures, what failed."""
     targets = "\n".join(f"- `{r.target.name}`: {r.target.about}" for r in rows)
-    cpu_runs = "; ".join(
-        f"`{r.target.name}` {', '.join(f'{v:.2f}' for v in r.cpu_us)}"
-        for r in rows
-        if r.cpu_us
-    )
-    problems = (
-        "\n".join(
-            ["Requests that did not end correctly:"]
-            + [f"- `{r.target.name}`: {p}" for r in rows for p in r.problems]
-        )
-        if any(r.problems for r in rows)
-        else ""
-    )
-    return f"""# Benchmark results
+    sections = [
+        f"""# Benchmark results
 
 Made by {made_by} on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {seconds / 60:.1f} min,
 on {os.cpu_count()} CPUs shared with other work (Linux {platform.release()}, Python
 {platform.python_version()}, Node {_node_version()}). Each server runs as one process
 (one worker) beside the fake upstream and the load generator, on the same CPUs.
+Phases: {", ".join(phases)}.
+
+{targets}"""
+    ]
+    if set(phases) & {"ttfb", "cpu", "latency"}:
+        sections.append(single_run_section(rows, scale))
+    if "capacity" in phases:
+        sections.append(capacity_section(curves, scale))
+    if "burst" in phases:
+        sections.append(burst_section(curves, scale))
+    if "opening" in phases:
+        sections.append(opening_section(curves, scale))
+    problems = [f"- `{r.target.name}`: {p}" for r in rows for p in r.problems] + [
+        f"- `{c.target.name}`: {p}" for c in curves for p in c.problems
+    ]
+    sections.append(
+        "\n".join(["Requests that did not end correctly:", *problems])
+        if problems
+        else "Every request ended correctly."
+    )
+    return "\n\n".join(sections) + "\n"
+
+
+def single_run_section(rows: list[Figures], s: Scale) -> str:
+    cpu_runs = "; ".join(
+        f"`{r.target.name}` {', '.join(f'{v:.2f}' for v in r.cpu_us)}"
+        for r in rows
+        if r.cpu_us
+    )
+    return f"""## CPU, time to first byte, latency and memory
 
 {report.table(rows, s.streams, s.rate)}
-
-{targets}
 
 What the columns measure:
 
@@ -450,10 +671,66 @@ What the columns measure:
 - **RSS KiB/stream**: peak resident memory of the server's processes while the
   streams are open, minus the same after warm-up, divided by {s.streams:,}.
 
-CPU per run, full speed (µs/chunk): {cpu_runs or "none"}.
+CPU per run, full speed (µs/chunk): {cpu_runs or "none"}."""
 
-{problems or "Every request ended correctly."}
-"""
+
+def capacity_section(curves: list[Curves], s: Scale) -> str:
+    best = s.capacity_tokens / s.rate - s.capacity_ramp_seconds
+    return f"""## Capacity: latency and CPU against concurrent streams
+
+{capacity.capacity_table(curves, s.levels, s.rate)}
+
+Each cell is the median of {s.runs} run(s), with the runs' min–max in brackets;
+each run starts every target afresh and takes it through the opening and burst
+phases, then through the numbers of streams in turn. Per run and number of streams:
+{s.capacity_tokens} tokens per stream at {s.rate:g} tokens/s, streams opened evenly
+over {s.capacity_ramp_seconds:g}s, by {s.loadgens} load generator process(es).
+
+- **latency added p50, p99**: per chunk, the client's receive time minus the time
+  the upstream stamped into the token, over all chunks, minus the same percentile
+  of `direct` (the median of its runs; its own row shows its values).
+- **CPU µs/chunk**: user + system CPU time of the server's processes during the
+  load over the chunks delivered; stream setup included, spread over
+  {s.capacity_tokens} tokens (as "paced" above).
+- **RSS KiB/stream**: peak resident memory during the load minus the same before
+  it, over the number of streams; the server already served the smaller loads, so
+  pools it grew then are not counted again.
+- **all open at once**: from the moment the last stream got its first token to
+  the moment the first stream got its last ({best:g}s at best). Less means the
+  server opened the streams more slowly than they came (0: never all open at
+  once), so its latency was measured with fewer streams open.
+- **streams OK**: streams whose text was exact and ended with `[DONE]`, per run."""
+
+
+def burst_section(curves: list[Curves], s: Scale) -> str:
+    return f"""## Burst: {s.burst_streams:,} streams opened at once
+
+{capacity.burst_table(curves)}
+
+{s.burst_streams:,} connections each send one request at the same moment (no
+ramp); each answer has {s.burst_tokens} tokens {1000 / s.rate:g} ms apart. Median of
+{s.runs} run(s), min–max in brackets.
+
+- **first token p50, p99**: from sending the request to receiving its first text
+  delta (the upstream sends it at once): how long the server takes to open them all.
+- **chunks/s delivered**: chunks received over the time from the first request to
+  the last chunk; **offered**: what the upstream sends if every stream starts at
+  once ({s.burst_streams:,} × {s.burst_tokens} chunks over
+  {(s.burst_tokens - 1) / s.rate:g}s). `direct` shows what the load generator and
+  the upstream reach on their own."""
+
+
+def opening_section(curves: list[Curves], s: Scale) -> str:
+    return f"""## Opening: server CPU per one-token answer
+
+{capacity.opening_table(curves)}
+
+{s.opening_concurrency} connections send requests for a one-token answer one after
+another (keep-alive), as many as it takes for the server to use
+{s.opening_cpu_seconds:g}s of CPU (sized by a first run of 200, which also warms it
+up): user + system CPU time of the server's processes over the requests answered.
+With one token per answer, this is what opening and closing a stream costs. Median
+of {s.runs} run(s), min–max in brackets."""
 
 
 def _node_version() -> str:
@@ -471,15 +748,23 @@ def main(argv: list[str] | None = None) -> None:
         "--targets",
         help="comma-separated subset of: " + ", ".join(t.name for t in TARGETS),
     )
+    parser.add_argument(
+        "--phases",
+        help="comma-separated subset of: " + ", ".join(PHASES) + " (default: all)",
+    )
     for knob in dataclasses.fields(Scale):
+        default, quick = knob.default, getattr(QUICK, knob.name)
         parser.add_argument(
             "--" + knob.name.replace("_", "-"),
-            type=type(knob.default),
-            metavar="N",
-            help=f"default {knob.default:g} (--quick: {getattr(QUICK, knob.name):g})",
+            type=type(default),
+            metavar="N" if isinstance(default, int | float) else "N,N",
+            help=f"default {default} (--quick: {quick})",
         )
     parser.add_argument("--results", type=Path, default=BENCH / "results.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
+    parser.add_argument(
+        "--capacity-plot", type=Path, default=ROOT / "docs" / "bench-capacity.png"
+    )
     args = parser.parse_args(argv)
     knobs = {
         knob.name: getattr(args, knob.name)
@@ -487,27 +772,80 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, knob.name) is not None
     }
     scale = dataclasses.replace(QUICK if args.quick else Scale(), **knobs)
-    names = args.targets.split(",") if args.targets else [t.name for t in TARGETS]
-    unknown = set(names) - {t.name for t in TARGETS}
-    if unknown:
-        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    check_scale(parser, scale)
+    phases = _chosen(parser, "phases", args.phases, PHASES)
+    names = _chosen(parser, "targets", args.targets, [t.name for t in TARGETS])
+    if {"burst", "capacity"} & set(phases) and "direct" not in names:
+        names.append("direct")  # the floor their latencies are measured against
     targets = [t for t in TARGETS if t.name in names]
 
     signal.signal(signal.SIGINT, procs.exit_on_signal)
     signal.signal(signal.SIGTERM, procs.exit_on_signal)
     OUT.mkdir(exist_ok=True)
     start = time.monotonic()
-    rows = measure(scale, targets)
+    rows, curves = measure(scale, targets, phases)
     seconds = time.monotonic() - start
     command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     made_by = f"`{command}`"
     if os.environ.get("MAKELEVEL"):
         made_by = f"`make bench` ({made_by})"
-    page = results_page(rows, scale, made_by, seconds)
-    print("\n" + report.table(rows, scale.streams, scale.rate))
+    page = results_page(rows, curves, scale, phases, made_by, seconds)
     args.results.write_text(page)
-    report.plot(rows, scale.streams, scale.rate, args.plot)
-    print(f"\nWrote {args.results} and {args.plot} in {seconds / 60:.1f} min.")
+    wrote = [args.results]
+    if set(phases) & set(REPEATED):
+        runs = OUT / "runs.json"
+        runs.write_text(json.dumps(capacity.raw(curves), indent=1))
+        wrote.append(runs)
+    if set(phases) & {"ttfb", "cpu", "latency"}:
+        print("\n" + report.table(rows, scale.streams, scale.rate))
+        report.plot(rows, scale.streams, scale.rate, args.plot)
+        wrote.append(args.plot)
+    if "capacity" in phases:
+        print("\n" + capacity.capacity_table(curves, scale.levels, scale.rate))
+        capacity.plot(curves, scale.levels, scale.rate, args.capacity_plot)
+        wrote.append(args.capacity_plot)
+    if "burst" in phases:
+        print("\n" + capacity.burst_table(curves))
+    if "opening" in phases:
+        print("\n" + capacity.opening_table(curves))
+    print(f"\nWrote {', '.join(map(str, wrote))} in {seconds / 60:.1f} min.")
+
+
+def check_scale(parser: argparse.ArgumentParser, scale: Scale) -> None:
+    """Refuse knobs that would measure nothing, naming the fix."""
+    try:
+        levels = scale.levels
+    except ValueError:
+        parser.error(
+            f"--capacity-levels {scale.capacity_levels!r}: use numbers of streams "
+            "separated by commas, such as 250,500"
+        )
+    if not levels or min(levels) < 1:
+        parser.error(f"--capacity-levels {scale.capacity_levels!r}: use numbers ≥ 1")
+    if scale.capacity_tokens / scale.rate <= scale.capacity_ramp_seconds:
+        parser.error(
+            f"--capacity-tokens {scale.capacity_tokens} at --rate {scale.rate:g} ends "
+            f"the first stream before the {scale.capacity_ramp_seconds:g}s ramp is "
+            "over: raise the tokens or shorten --capacity-ramp-seconds"
+        )
+    if scale.runs < 1 or scale.loadgens < 1 or scale.burst_tokens < 2:
+        parser.error("--runs and --loadgens must be ≥ 1, --burst-tokens ≥ 2")
+
+
+def _chosen(
+    parser: argparse.ArgumentParser,
+    option: str,
+    value: str | None,
+    known: Sequence[str],
+) -> list[str]:
+    """The names in a comma-separated option, in ``known``'s order; all if unset."""
+    names = value.split(",") if value else list(known)
+    if unknown := set(names) - set(known):
+        parser.error(
+            f"--{option}: unknown {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(known)}"
+        )
+    return [name for name in known if name in names]
 
 
 if __name__ == "__main__":

@@ -62,10 +62,10 @@ def is_correct(prompt: str, text: str) -> bool:
     return indexes == [str(i) for i in range(scenario.tokens)]
 
 
-def latencies(pieces: list[tuple[float, str]]) -> list[float]:
-    """Seconds from upstream send to client receipt, per ``rate`` token received."""
+def arrivals(pieces: list[tuple[float, str]]) -> list[tuple[float, float]]:
+    """(upstream send time, client receipt time) per ``rate`` token received."""
     return [
-        received - float(token.partition(":")[0])
+        (float(token.partition(":")[0]), received)
         for received, piece in pieces
         for token in piece.split()
     ]
