@@ -84,9 +84,9 @@ def direct_ways(upstream: Upstream) -> dict[str, Way]:
     client = upstream.client
 
     def create() -> None:
-        opened = client.chat.completions.with_streaming_response.create(
+        opened = client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
             model=upstream.settings.model,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -196,7 +196,7 @@ def profiled_threads() -> Iterator[list[cProfile.Profile]]:
         profiles.append(profile)
         profile.runcall(run, thread)
 
-    threading.Thread.run = profiled_run  # type: ignore[method-assign]
+    threading.Thread.run = profiled_run  # type: ignore[method-assign,assignment]
     profiles[0].enable()
     try:
         yield profiles

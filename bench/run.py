@@ -54,7 +54,7 @@ from bench import capacity, loadgen, procs, report
 from bench.capacity import Burst, Curves, Level
 from bench.loadgen import Load, Outcome
 from bench.report import Figures, percentile
-from bench.targets import BENCH, ROOT, TARGETS, Target, Upstream
+from bench.targets import BENCH, ROOT, TARGETS, Target, Upstream, before_targets
 
 OUT = BENCH / "out"  # logs and the CA file; not committed
 START_TIMEOUT_SECONDS = 30.0
@@ -760,6 +760,13 @@ def main(argv: list[str] | None = None) -> None:
             metavar="N" if isinstance(default, int | float) else "N,N",
             help=f"default {default} (--quick: {quick})",
         )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run this repo's two apps as checked out in this directory"
+        " (e.g. `git worktree add /tmp/before COMMIT`), as flask-gevent-before and"
+        " django-gevent-before",
+    )
     parser.add_argument("--results", type=Path, default=BENCH / "results.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
     parser.add_argument(
@@ -778,6 +785,13 @@ def main(argv: list[str] | None = None) -> None:
     if {"burst", "capacity"} & set(phases) and "direct" not in names:
         names.append("direct")  # the floor their latencies are measured against
     targets = [t for t in TARGETS if t.name in names]
+    if args.before is not None:
+        try:
+            befores = before_targets(args.before.resolve())
+        except ValueError as exc:
+            parser.error(str(exc))
+        chosen = [t for t in befores if t.name.removesuffix("-before") in names]
+        targets[1:1] = chosen  # beside the apps they measure against
 
     signal.signal(signal.SIGINT, procs.exit_on_signal)
     signal.signal(signal.SIGTERM, procs.exit_on_signal)

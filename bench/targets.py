@@ -8,6 +8,7 @@ apply (it reads ``./gunicorn.conf.py`` by default, which patches with gevent).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -176,3 +177,22 @@ TARGETS = (
         api="openai",
     ),
 )
+
+
+def before_targets(checkout: Path) -> list[Target]:
+    """This repo's two apps again, as checked out in ``checkout`` (e.g. a
+    ``git worktree`` of an older commit): before and after a change, in one run."""
+    if not (checkout / "gunicorn.conf.py").is_file():
+        raise ValueError(
+            f"{checkout} is not a checkout of this repo: no gunicorn.conf.py"
+        )
+    return [
+        dataclasses.replace(
+            target,
+            name=f"{target.name}-before",
+            about=f"{target.about}, as in {checkout}",
+            cwd=checkout,
+        )
+        for target in TARGETS
+        if target.role == "ours"
+    ]
