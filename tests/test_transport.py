@@ -258,6 +258,19 @@ def test_a_malformed_chunk_is_a_protocol_error(client: httpx2.Client) -> None:
         stream(client, server)
 
 
+def test_an_upstream_on_an_address_is_reached_without_a_lookup(
+    client: httpx2.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under gevent a lookup goes through a thread pool: an address needs none."""
+
+    def no_lookup(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"looked up {args[0]!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    server = RawServer([[CHUNKED + b"2\r\nhi\r\n0\r\n\r\n"]])
+    assert stream(client, server) == (200, [b"hi"])
+
+
 @pytest.mark.parametrize(
     "headers",
     [
