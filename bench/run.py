@@ -790,8 +790,14 @@ def main(argv: list[str] | None = None) -> None:
             befores = before_targets(args.before.resolve())
         except ValueError as exc:
             parser.error(str(exc))
-        chosen = [t for t in befores if t.name.removesuffix("-before") in names]
-        targets[1:1] = chosen  # beside the apps they measure against
+        by_app = {t.name.removesuffix("-before"): t for t in befores}
+        # Each beside the app it measures against.
+        targets = [
+            paired
+            for target in targets
+            for paired in (target, by_app.get(target.name))
+            if paired is not None
+        ]
 
     signal.signal(signal.SIGINT, procs.exit_on_signal)
     signal.signal(signal.SIGTERM, procs.exit_on_signal)
