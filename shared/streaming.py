@@ -1064,6 +1064,17 @@ class _Polled:
         """A read now won't block."""
         return self.readable or self.pollable.pending() > 0
 
+    def silent_too_long(self, poll: Callable[[], Any]) -> bool:
+        """Past the read timeout with nothing to read, the socket checked at once
+        (``poll``): a response kept busy writing to its client has not seen it
+        become readable, and what waits there is no silence."""
+        if self.due is None or time.monotonic() < self.due or self.ready():
+            return False
+        watch = poll()
+        watch.register(self.pollable.fileno(), select.POLLIN)
+        self.readable = bool(watch.poll(0))
+        return not self.readable
+
     def read(self) -> list[Event]:
         self.readable = False
         read = next(self.reads, None)
@@ -1085,9 +1096,12 @@ class _GreenRelay(_Relay):
         super().__init__(*args)
         import gevent
         import gevent.event
+        import gevent.monkey
 
         self._gevent = gevent
         self._hub = gevent.get_hub()
+        # The system's poll, not gevent's: a check that must not yield.
+        self._poll = gevent.monkey.get_original("select", "poll")
         self._helper: Any = None
         self._inbox: deque[object] = deque()  # what the helper hands over
         self._inbox_chars = 0
@@ -1190,10 +1204,10 @@ class _GreenRelay(_Relay):
                 if polled.decoder.done:
                     self._ended = True
                     return _END
+                if polled.silent_too_long(self._poll):
+                    raise TimeoutError("The upstream was silent past its read timeout.")
                 if polled.ready():
                     return polled.read()
-                if polled.due is not None and time.monotonic() >= polled.due:
-                    raise TimeoutError("The upstream was silent past its read timeout.")
             self._wait(deadline)
             if deadline is not None and time.monotonic() >= deadline:
                 return None

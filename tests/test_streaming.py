@@ -53,6 +53,8 @@ from shared.streaming import (
     sse_frames,
     text_stream,
 )
+from shared.upstream import LeanHttpClient
+from tests import fake_upstream
 from tests.client import parse_sse
 
 # Threads can't be interrupted: these follow what a helper thread does after the
@@ -1764,3 +1766,35 @@ def test_responses_reasoning_deltas_are_reasoning_events() -> None:
         {"event": "Reasoning", "text": "1"},
         {"event": "End"},
     ]
+
+
+def test_a_client_slower_than_the_read_timeout_is_no_silent_upstream() -> None:
+    """The upstream sends on time, the client reads slower than the read timeout:
+    what waits on the socket is read, not taken for silence (under gevent the
+    response's greenlet, busy with its client, did not see it arrive)."""
+    words = [f"w{i} " for i in range(4)]
+    pause = fake_upstream.Sleep(0.05)  # each word a read of its own
+    steps = [step for word in words for step in (fake_upstream.Text(word), pause)]
+    with fake_upstream.FakeUpstream() as fake:
+        script = fake.script(*steps, fake_upstream.Done())
+        client = openai.OpenAI(
+            api_key="sk-test-not-a-key",
+            base_url=fake.base_url,
+            timeout=0.3,
+            max_retries=0,
+            http_client=LeanHttpClient(),
+        )
+        body = sse_frames(
+            lambda: client.chat.completions.with_streaming_response.create(
+                model="m",
+                messages=[{"role": "user", "content": script.marker}],
+                stream=True,
+            )
+        )
+        received = []
+        for part in body:
+            received.append(part)
+            time.sleep(0.5)  # more than the read timeout
+        close(body)
+        client.close()
+    assert b"".join(received) == b"".join(map(sse_event, words)) + DONE
