@@ -15,14 +15,11 @@ import re
 import socket
 import ssl
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -56,13 +53,12 @@ from shared.streaming import (
 from shared.upstream import LeanHttpClient
 from tests import fake_upstream
 from tests.client import parse_sse
+from tests.gevent_rerun import assert_passes_under_gevent, patched
 
 # Threads can't be interrupted: these follow what a helper thread does after the
 # stream ends. Under gevent the helper greenlet is killed instead (the servers'
 # tests see the upstream request cancelled: tests/test_keepalive_clock.py).
-threads_only = pytest.mark.skipif(
-    streaming._gevent_active(), reason="the thread relay's own behaviour"
-)
+threads_only = pytest.mark.skipif(patched(), reason="the thread relay's own behaviour")
 
 FAST = settings(deadline=None, max_examples=60)
 KEEPALIVE = b": keep-alive\n\n"
@@ -1680,18 +1676,11 @@ def test_an_iterable_that_is_also_callable_is_read_not_called() -> None:
     assert collect(sse_frames(CallableChunks([HI]))) == b"data: hi\n\n" + DONE
 
 
-@pytest.mark.skipif(streaming._gevent_active(), reason="this is the gevent run")
+@pytest.mark.skipif(patched(), reason="this is the gevent run")
 def test_the_core_passes_these_tests_under_gevent_too() -> None:
     """Under gevent the relay takes its own path (one greenlet per stream): every
     test above runs again that way, in a process patched as gunicorn's workers are."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.under_gevent", __file__],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert_passes_under_gevent(__file__)
 
 
 class JsonLines:

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx2
 import pytest
 
 from shared import transport
 from shared.transport import LeanTransport
+from tests.gevent_rerun import assert_passes_under_gevent, patched
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 CHUNKED = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -293,12 +291,7 @@ def test_a_header_with_a_line_break_or_nul_is_refused_before_sending(
     assert server.connections == 0
 
 
-def under_gevent() -> bool:
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched("select"))
-
-
-@pytest.mark.skipif(not under_gevent(), reason="the check differs under gevent only")
+@pytest.mark.skipif(not patched(), reason="the check differs under gevent only")
 def test_checking_a_pooled_connection_never_yields_to_other_greenlets() -> None:
     """The check polls for nothing with the OS's own ``poll``: gevent's would go
     through its hub (other greenlets run meanwhile), at eight times the CPU."""
@@ -315,14 +308,7 @@ def test_checking_a_pooled_connection_never_yields_to_other_greenlets() -> None:
         assert not transport._Connection(idle).is_usable()
 
 
-@pytest.mark.skipif(under_gevent(), reason="this is the gevent run")
+@pytest.mark.skipif(patched(), reason="this is the gevent run")
 def test_the_transport_passes_these_tests_under_gevent_too() -> None:
     """Every test above runs again in a process patched as gunicorn's workers are."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.under_gevent", __file__],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert_passes_under_gevent(__file__)
