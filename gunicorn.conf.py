@@ -3,6 +3,10 @@ and a shutdown that ends the streams it can't wait for with an error event.
 
 ``gunicorn -c gunicorn.conf.py -b 127.0.0.1:8000 "flask_app:create_app()"``
 (or ``django_project.wsgi``). Every value can be overridden on the command line.
+
+It also works copied alone beside an app that has this repo's ``streaming.py``
+(as ``streaming.py``, or as ``anything.streaming``): it finds what it needs by
+name, and does without this repo's JSON error worker.
 """
 
 # Patch before anything imports socket or ssl (the app, the openai client, even
@@ -12,16 +16,32 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import importlib  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-from types import FrameType  # noqa: E402
+import sys  # noqa: E402
+from types import FrameType, ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-# gunicorn's gevent worker, whose own error answers (414, 431, 400) are JSON too.
-worker_class = "shared.gunicorn_worker.JsonErrorGeventWorker"
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # copied into an app without it
+        return None
+
+
+# gunicorn's gevent worker; in this repo, one whose own error answers (414, 431,
+# 400) are JSON too.
+worker_class = (
+    "shared.gunicorn_worker.JsonErrorGeventWorker"
+    if _module("shared.gunicorn_worker")
+    else "gevent"
+)
 # gunicorn's highest limit (the default is 4094 bytes): a GET's ?prompt= of a few
 # thousand characters fits. Longer prompts go in a POST body; 0 (no limit) would let
 # one request line grow without bound.
@@ -46,6 +66,19 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 control_socket_disable = True
 
 
+def on_starting(server: Any) -> None:
+    """Read the settings once, in the master, before it listens: a bad value stops
+    gunicorn with one line naming it, not with a traceback from every worker."""
+    for module_name, class_name in (
+        ("shared.config", "Settings"),  # this repo's apps
+        ("streaming", "StreamSettings"),  # a copied view
+    ):
+        module = _module(module_name)
+        if module is not None:
+            getattr(module, class_name).from_env_or_exit()
+            return
+
+
 def post_worker_init(worker: Any) -> None:
     """On SIGTERM, end the streams still open shortly before graceful_timeout.
 
@@ -66,10 +99,20 @@ def post_worker_init(worker: Any) -> None:
 
 
 def _end_streams_in_time(graceful_timeout: float) -> None:
-    from shared.streaming import end_open_streams  # the app's, already imported
-
     notice = min(STREAM_END_NOTICE_SECONDS, graceful_timeout / 2)
     gevent.sleep(graceful_timeout - notice)
     while True:  # again and again: a keep-alive connection may start one more
-        end_open_streams()
+        for module in _streaming_modules():
+            module.end_open_streams()
         gevent.sleep(0.25)
+
+
+def _streaming_modules() -> list[ModuleType]:
+    """The app's streaming core, already imported: ``shared.streaming`` in this
+    repo, ``streaming`` (or ``yourapp.streaming``) where a view was copied."""
+    return [
+        module
+        for name, module in list(sys.modules.items())
+        if (name == "streaming" or name.endswith(".streaming"))
+        and callable(getattr(module, "end_open_streams", None))
+    ]

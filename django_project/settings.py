@@ -13,11 +13,12 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
-from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
+from shared.config import DEFAULT_ALLOWED_HOSTS, Settings
+from shared.streaming import comma_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-STREAM_SETTINGS = Settings.from_env()
+STREAM_SETTINGS = Settings.from_env_or_exit()
 # Who may use the streaming routes, beyond the shared rules: None (anyone), or a
 # function of the request (or its dotted path), False refusing with 401. E.g.
 # "django_project.access.signed_in", Django's login_required for an API route.

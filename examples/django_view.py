@@ -1,21 +1,35 @@
 """A Django view that streams a chat completion for ?prompt= as Server-Sent Events.
 
-Save it and this repo's shared/streaming.py (as streaming.py) beside manage.py, then
-mount the view in your urls.py: `path("chat", django_view.chat)`.
+Save it as django_view.py, and this repo's shared/streaming.py as streaming.py, beside
+manage.py; then mount it in your urls.py: `path("chat", django_view.chat)`.
 """
 
 import functools
 
 import openai
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.views.decorators.http import require_GET
 
-from streaming import SSE_HEADERS, StreamError, open_upstream, sse_frames
+from streaming import (
+    SSE_HEADERS,
+    StreamError,
+    StreamSettings,
+    check_request,
+    client_socket_of,
+    open_upstream,
+    sse_frames,
+)
+
+# STREAM_KEEPALIVE_SECONDS, STREAM_CORS_ORIGINS, ...: a bad value stops the server.
+settings = StreamSettings.from_env_or_exit()
 
 
 @functools.cache
 def client() -> openai.OpenAI:
-    return openai.OpenAI()  # reads OPENAI_API_KEY and OPENAI_BASE_URL
+    # Created on first use, inside the worker: see "Deploying" for why.
+    return openai.OpenAI(  # reads OPENAI_API_KEY and OPENAI_BASE_URL
+        timeout=settings.upstream_timeout_seconds,
+        max_retries=settings.upstream_max_retries,
+    )
 
 
 def json_error(error: StreamError) -> HttpResponse:
@@ -28,13 +42,14 @@ def json_error(error: StreamError) -> HttpResponse:
     )
 
 
-@require_GET  # so HEAD, which would cost a completion, gets 405
 def chat(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Stream one chat completion for ?prompt= as Server-Sent Events."""
     prompt = request.GET.get("prompt", "")
     try:
-        if not prompt.strip():
-            raise StreamError(400, "Give a non-empty 'prompt'.")
+        check_request(request.META, settings)  # HEAD, other sites: before paying
+        if not prompt.strip() or len(prompt) > settings.max_prompt_chars:
+            limit = settings.max_prompt_chars
+            raise StreamError(400, f"Give a 'prompt' of 1 to {limit} characters.")
         chunks = open_upstream(
             lambda: client().chat.completions.with_streaming_response.create(
                 model="gpt-4o-mini",
@@ -43,7 +58,11 @@ def chat(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
                 stream_options={"include_usage": True},
             )
         )
-        body = sse_frames(chunks, client_socket=request.META.get("gunicorn.socket"))
+        body = sse_frames(
+            chunks,
+            keepalive_seconds=settings.keepalive_seconds,
+            client_socket=client_socket_of(request.META),
+        )
     except StreamError as error:
         return json_error(error)
     return StreamingHttpResponse(body, headers=SSE_HEADERS)

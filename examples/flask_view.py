@@ -1,23 +1,36 @@
-"""A Flask app that streams a chat completion for ?prompt= as Server-Sent Events.
+"""A Flask blueprint that streams a chat completion for ?prompt= as Server-Sent Events.
 
-Save this repo's shared/streaming.py as streaming.py beside this file, then run
-`flask --app flask_view run` (or gunicorn, see "Deploying").
+Save it as flask_view.py, and this repo's shared/streaming.py as streaming.py, beside
+your app's module; then `app.register_blueprint(flask_view.bp)`.
 """
 
 import functools
 
 import openai
-from flask import Flask, Response, request
+from flask import Blueprint, Response, request
 
-from streaming import SSE_HEADERS, StreamError, open_upstream, sse_frames
+from streaming import (
+    SSE_HEADERS,
+    StreamError,
+    StreamSettings,
+    check_request,
+    client_socket_of,
+    open_upstream,
+    sse_frames,
+)
 
-app = Flask(__name__)
+bp = Blueprint("chat", __name__)
+# STREAM_KEEPALIVE_SECONDS, STREAM_CORS_ORIGINS, ...: a bad value stops the server.
+settings = StreamSettings.from_env_or_exit()
 
 
 @functools.cache
 def client() -> openai.OpenAI:
     # Created on first use, inside the worker: see "Deploying" for why.
-    return openai.OpenAI()  # reads OPENAI_API_KEY and OPENAI_BASE_URL
+    return openai.OpenAI(  # reads OPENAI_API_KEY and OPENAI_BASE_URL
+        timeout=settings.upstream_timeout_seconds,
+        max_retries=settings.upstream_max_retries,
+    )
 
 
 def json_error(error: StreamError) -> Response:
@@ -26,15 +39,15 @@ def json_error(error: StreamError) -> Response:
     return Response(error.body(), error.status, headers)
 
 
-@app.get("/chat")
+@bp.get("/chat")
 def chat() -> Response:
     """Stream one chat completion for ?prompt= as Server-Sent Events."""
     prompt = request.args.get("prompt", "")
     try:
-        if request.method == "HEAD":  # Flask routes it here: it would cost a completion
-            raise StreamError(405, "Use GET here.", headers={"Allow": "GET"})
-        if not prompt.strip():
-            raise StreamError(400, "Give a non-empty 'prompt'.")
+        check_request(request.environ, settings)  # HEAD, other sites: before paying
+        if not prompt.strip() or len(prompt) > settings.max_prompt_chars:
+            limit = settings.max_prompt_chars
+            raise StreamError(400, f"Give a 'prompt' of 1 to {limit} characters.")
         chunks = open_upstream(
             lambda: client().chat.completions.with_streaming_response.create(
                 model="gpt-4o-mini",
@@ -43,7 +56,11 @@ def chat() -> Response:
                 stream_options={"include_usage": True},
             )
         )
-        body = sse_frames(chunks, client_socket=request.environ.get("gunicorn.socket"))
+        body = sse_frames(
+            chunks,
+            keepalive_seconds=settings.keepalive_seconds,
+            client_socket=client_socket_of(request.environ),
+        )
     except StreamError as error:
         return json_error(error)
     return Response(body, headers=SSE_HEADERS)

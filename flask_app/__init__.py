@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from flask_app.errors import framework_error, json_error
 from flask_app.views import bp
-from shared.config import DEFAULT_ALLOWED_HOSTS, Settings, comma_list
+from shared.config import DEFAULT_ALLOWED_HOSTS, Settings
 from shared.guard import (
     MAX_QUERY_FIELDS,
     SECURITY_HEADERS,
@@ -21,7 +21,7 @@ from shared.guard import (
     check_host,
     refuse_too_many_fields,
 )
-from shared.streaming import StreamError
+from shared.streaming import StreamError, comma_list
 from shared.upstream import Upstream
 
 
@@ -41,7 +41,7 @@ def create_app(
     app = Flask(__name__)
     test_config = test_config or {}
     if "STREAM_SETTINGS" not in test_config:
-        app.config.from_mapping(STREAM_SETTINGS=Settings.from_env())
+        app.config.from_mapping(STREAM_SETTINGS=Settings.from_env_or_exit())
     # Host names it answers to, as Django's ALLOWED_HOSTS (see shared.guard).
     hosts = comma_list(os.environ, "FLASK_TRUSTED_HOSTS", DEFAULT_ALLOWED_HOSTS)
     app.config.from_mapping(ALLOWED_HOSTS=hosts)

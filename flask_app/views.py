@@ -14,7 +14,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from flask_app.errors import json_error
 from shared.config import Settings
-from shared.environ import client_socket, json_object, query_prompt
+from shared.environ import json_object, query_prompt
 from shared.guard import Guard, cors_headers
 from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
@@ -22,6 +22,7 @@ from shared.streaming import (
     TEXT_HEADERS,
     Opener,
     StreamError,
+    client_socket_of,
     sse_frames,
     text_stream,
 )
@@ -116,7 +117,7 @@ def _sse(opener: Opener) -> Response:
     body = sse_frames(
         opener,
         keepalive_seconds=_settings().keepalive_seconds,
-        client_socket=client_socket(request.environ),
+        client_socket=client_socket_of(request.environ),
     )
     return Response(body, headers=SSE_HEADERS)
 
@@ -171,6 +172,6 @@ def api_stream() -> Response:
     messages = messages_from_json(body, "message", _settings().max_prompt_chars)
     text = text_stream(
         _upstream().chat_opener(messages),
-        client_socket=client_socket(request.environ),
+        client_socket=client_socket_of(request.environ),
     )
     return Response(text, headers=TEXT_HEADERS)

@@ -24,13 +24,3 @@ def json_object(environ: Mapping[str, Any], settings: Settings) -> dict[str, Any
     """The JSON object a POST route was sent (400, 413 or 415 otherwise)."""
     body = request_body(environ, settings.max_body_bytes)
     return json_body(body, environ.get("CONTENT_TYPE"))
-
-
-def client_socket(environ: Mapping[str, Any]) -> Any:
-    """The client's socket, so that a client that leaves is noticed even while the
-    upstream is silent; without it (``manage.py runserver``), at the next write.
-
-    gunicorn and ``flask run`` (Werkzeug) put it in the environ, each under its own
-    key.
-    """
-    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")

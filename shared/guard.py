@@ -21,14 +21,12 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
 from shared.config import Settings
 from shared.pages import JSON_CONTENT_TYPE
 from shared.ratelimit import RateLimiter
-from shared.streaming import StreamError
-from shared.validation import body_too_large
+from shared.streaming import Headers, StreamError, check_body_size, check_site
 
 # The app's own check: given the framework's request, may it spend the key?
 Authorize = Callable[[Any], bool]
@@ -44,12 +42,6 @@ PREFLIGHT_MAX_AGE_SECONDS = 600
 MAX_QUERY_FIELDS = 1000
 # Django's host_validation_re: a name or IPv4 address, or an IPv6 one, then a port.
 _HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]+)?")
-
-
-class Headers(Protocol):
-    """Request headers, looked up case-insensitively (Flask's and Django's alike)."""
-
-    def get(self, key: str, /) -> str | None: ...
 
 
 def method_not_allowed(method: str, allowed: Collection[str]) -> StreamError:
@@ -77,22 +69,6 @@ def http_error(status: int) -> StreamError:
     """A framework's own error (unknown path, malformed request) as contract JSON."""
     message, kind = _HTTP_ERRORS.get(status, ("The request failed.", "http_error"))
     return StreamError(status, message, kind)
-
-
-def check_site(headers: Headers, cors_origins: Collection[str]) -> None:
-    """Refuse a request from another site with 403, before any upstream call."""
-    origin = headers.get("Origin")
-    if origin is not None and origin in cors_origins:
-        return
-    if headers.get("Sec-Fetch-Site") == "cross-site" or (
-        origin is not None and not _same_host(origin, headers.get("Host") or "")
-    ):
-        raise StreamError(
-            403,
-            "Cross-site requests may not use this endpoint; list the origin in "
-            "STREAM_CORS_ORIGINS to allow it.",
-            "cross_site_request",
-        )
 
 
 def check_host(environ: Mapping[str, Any], allowed_hosts: Collection[str]) -> None:
@@ -144,14 +120,6 @@ def refuse_too_many_fields(application: Any, limit: int | None) -> Any:
     return guarded
 
 
-def _same_host(origin: str, host: str) -> bool:
-    try:
-        netloc = urlsplit(origin).netloc
-    except ValueError:
-        return False
-    return bool(netloc) and netloc.lower() == host.lower()
-
-
 def cors_headers(headers: Headers, cors_origins: Collection[str]) -> dict[str, str]:
     """CORS headers for a listed origin; none at all when nothing is listed."""
     origin = headers.get("Origin")
@@ -182,14 +150,6 @@ def check_token(headers: Headers, token: str) -> None:
         given.strip().encode(), token.encode()
     ):
         raise _unauthorized("Send the server's token as 'Authorization: Bearer …'.")
-
-
-def check_body_size(headers: Headers, limit: int) -> None:
-    """Refuse a body whose ``Content-Length`` is over ``limit``, before reading it."""
-    length = (headers.get("Content-Length") or "").strip()
-    # isascii: "²".isdigit() is true too (a server may pass such a header on).
-    if length.isascii() and length.isdigit() and int(length) > limit:
-        raise body_too_large(limit)
 
 
 def _unauthorized(message: str) -> StreamError:
@@ -248,5 +208,5 @@ class Guard:
             raise _unauthorized("Sign in to use this endpoint.")
         if self._limiter is not None:
             self._limiter.check(client or "unknown")
-        check_body_size(headers, self.settings.max_body_bytes)
+        check_body_size(headers.get("Content-Length"), self.settings.max_body_bytes)
         return None

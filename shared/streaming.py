@@ -6,10 +6,11 @@ plain dicts, or from the raw SSE bytes of any OpenAI-compatible response; turns 
 into typed events; writes them as ``bytes`` for a WSGI body; calls optional
 callbacks; and closes the upstream when the client goes away.
 
-The sections, in order: errors; events (what the model says, as a closed set of
-types); decoding (every upstream dialect into events); encoding (events into SSE or
-raw text); the relay (moving events from the upstream to the client, in time); and
-the entry points (:func:`sse_frames`, :func:`text_stream`).
+The sections, in order: errors; requests (what a view checks before it pays for a
+completion, and the ``STREAM_*`` settings); events (what the model says, as a
+closed set of types); decoding (every upstream dialect into events); encoding
+(events into SSE or raw text); the relay (moving events from the upstream to the
+client, in time); and the entry points (:func:`sse_frames`, :func:`text_stream`).
 
 Which relay runs where:
 
@@ -48,7 +49,10 @@ Deliberate choices a reader might want to "fix":
 - Errors before the first byte become an HTTP status (:class:`StreamError`); after it,
   an ``event: error`` (SSE) or a body cut off without its final chunk (raw text), so
   that a client never mistakes a failure for a short answer. A failure that is not
-  the upstream's (a bug) is logged with its traceback.
+  the upstream's (a bug in the view, a client made without a key) is never passed
+  off as one: before the first byte it is raised as it is, for the framework's
+  ``500`` and its logged traceback; after it, logged here and sent as a
+  ``server_error``.
 - The relay can send the upstream request itself (given an :data:`Opener`): an
   upstream that holds back its headers is then silence like any other, so the
   keep-alive clock still starts with the request, and a client that leaves while
@@ -60,6 +64,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -71,9 +76,20 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict, TypeGuard, Unpack, cast
+from typing import (
+    Any,
+    Protocol,
+    Self,
+    TypedDict,
+    TypeGuard,
+    TypeVar,
+    Unpack,
+    cast,
+    overload,
+)
+from urllib.parse import urlsplit
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -91,11 +107,15 @@ __all__ = [
     "Refusal",
     "SseEncoder",
     "StreamError",
+    "StreamSettings",
     "Text",
     "TextEncoder",
     "ToolCallDelta",
     "UpstreamFailed",
     "Usage",
+    "check_request",
+    "check_site",
+    "client_socket_of",
     "encoded_stream",
     "end_open_streams",
     "open_upstream",
@@ -118,6 +138,16 @@ TEXT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 DEFAULT_KEEPALIVE_SECONDS = 15.0
+DEFAULT_MAX_PROMPT_CHARS = 32_000
+# A request body holds at most the prompt: 1 MiB leaves room for JSON escapes.
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 60.0
+DEFAULT_UPSTREAM_MAX_RETRIES = 2  # the openai SDK's own default
+# Past these a setting is a typo (or nan/inf), not a choice.
+MAX_SECONDS = 86_400  # a day
+MAX_CHARS_OR_TOKENS = 100_000_000  # far past any model's context window
+MAX_BODY_BYTES = 1_073_741_824  # 1 GiB
+MAX_RETRIES = 100
 # The largest event (or unfinished line) kept while it arrives: an upstream that
 # never ends its line must not grow a worker's memory until the read timeout.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -154,6 +184,12 @@ _SNIFF_BYTES = 4096
 _CLIENT_CHECK_SECONDS = 0.5  # see _Relay._client_closed
 _TCP_ESTABLISHED = 1  # Linux's tcpi_state
 # Responses API ``incomplete_details.reason`` as the finish reasons of chat.
+# What to check when the upstream answers 404 (its own message is logged).
+_NOT_FOUND_HINT = (
+    " Check the model name, and that the base URL ends with the API's version path"
+    " (e.g. /v1)."
+)
+_SERVER_FAILED = ("The server failed; the failure is logged.", "server_error")
 _INCOMPLETE_REASONS = {
     "max_output_tokens": "length",
     "content_filter": "content_filter",
@@ -161,6 +197,7 @@ _INCOMPLETE_REASONS = {
 
 # What open_upstream() takes: sends the upstream request, returns what it answered.
 Opener = Callable[[], Any]
+_N = TypeVar("_N", int, float)
 # --- Errors -------------------------------------------------------------------------
 
 
@@ -199,15 +236,17 @@ class ClientDisconnected(StreamingError):
 
 
 def open_upstream(create: Callable[[], Any]) -> Any:
-    """Call ``create`` and map the openai SDK's errors to a :class:`StreamError`.
-
-    Any other exception (a bug in ``create``) is logged with its traceback first.
+    """Call ``create`` and map the upstream's failures to a :class:`StreamError`.
 
     ``create`` is e.g. ``lambda: client.chat.completions.with_streaming_response
     .create(..., stream=True)`` (the fast path: raw bytes, whose context manager is
     entered here, sending the request) or ``client.chat.completions.create(...,
     stream=True)`` (SDK objects). The error carries the contract's status, so the
     view can still answer with it before the first byte.
+
+    Any other exception is the caller's (a typo in ``create``, a client made
+    without a key) and is raised as it is, for the framework to answer ``500`` and
+    log its traceback: passed off as an upstream failure, it would hide its cause.
     """
     try:
         upstream = create()
@@ -215,7 +254,10 @@ def open_upstream(create: Callable[[], Any]) -> Any:
             upstream = upstream.__enter__()  # the SDK's ResponseContextManager
         return upstream
     except Exception as exc:
-        raise _as_stream_error(exc) from exc
+        error = _as_stream_error(exc)
+        if error is None or error is exc:
+            raise
+        raise error from exc
 
 
 def register_secret(value: str) -> None:
@@ -229,10 +271,10 @@ def register_secret(value: str) -> None:
         _secrets.add(value)
 
 
-def _as_stream_error(exc: BaseException) -> StreamError:
-    """The status and message that ``exc`` gives the client; a failure that is not
-    the upstream's (nor the client's, nor the stream's end) is logged with its
-    traceback, since the client only ever sees a generic message."""
+def _as_stream_error(exc: BaseException) -> StreamError | None:
+    """The status and message that the upstream's failure ``exc`` gives the client;
+    ``None`` when ``exc`` is no upstream's failure but a bug (the caller's, or this
+    module's)."""
     import openai  # the SDK is only needed once something failed
 
     if isinstance(exc, StreamError):
@@ -246,16 +288,7 @@ def _as_stream_error(exc: BaseException) -> StreamError:
             502, "The connection to the upstream failed.", "upstream_connection_error"
         )
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 400:
-            return StreamError(400, _upstream_message(exc), "upstream_bad_request")
-        if status == 429:
-            retry_after = exc.response.headers.get("retry-after")
-            headers = {"Retry-After": retry_after} if retry_after else {}
-            return StreamError(
-                429, "The upstream is rate limiting requests.", "rate_limited", headers
-            )
-        return StreamError(502, f"The upstream answered {status}.", "upstream_error")
+        return _status_error(exc)
     if isinstance(exc, openai.APIError):
         return StreamError(
             502, _redact(exc.message, _secrets_of(exc)), "upstream_error"
@@ -268,8 +301,32 @@ def _as_stream_error(exc: BaseException) -> StreamError:
         return StreamError(
             502, "The connection to the upstream failed.", "upstream_connection_error"
         )
-    _log_bug(exc)
-    return StreamError(502, "The upstream failed.", "upstream_error")
+    return None
+
+
+def _status_error(exc: Any) -> StreamError:
+    """An upstream's error status, for the client; unless the client is told the
+    upstream's own message (400), it is logged for whoever runs the server: a
+    wrong key or base URL shows there, in the upstream's words."""
+    status: int = exc.status_code
+    if status == 400:
+        return StreamError(400, _upstream_message(exc), "upstream_bad_request")
+    url = exc.request.url.copy_with(query=None)
+    log.warning(
+        "The upstream answered %d to %s %s: %s",
+        status,
+        exc.request.method,
+        url,
+        _upstream_message(exc),
+    )
+    if status == 429:
+        retry_after = exc.response.headers.get("retry-after")
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return StreamError(
+            429, "The upstream is rate limiting requests.", "rate_limited", headers
+        )
+    hint = _NOT_FOUND_HINT if status == 404 else ""
+    return StreamError(502, f"The upstream answered {status}.{hint}", "upstream_error")
 
 
 def _log_bug(exc: BaseException) -> None:
@@ -348,6 +405,265 @@ def _request_of(source: object) -> object:
 def _http_response(chunks: object) -> object:
     """The HTTP response under an SDK stream or raw response (or ``chunks``)."""
     return getattr(chunks, "response", None) or getattr(chunks, "http_response", chunks)
+
+
+# --- Requests: what a view checks before it pays for a completion --------------------
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The ``STREAM_*`` settings a streaming view reads: keep-alive, limits, and the
+    other sites that may call it.
+
+    This repo's apps read more (``shared.config.Settings`` extends this); a view
+    copied into another app reads these with :meth:`from_env`, so that the same
+    variables mean the same there.
+    """
+
+    keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_output_tokens: int | None = None
+    upstream_timeout_seconds: float = DEFAULT_UPSTREAM_TIMEOUT_SECONDS
+    upstream_max_retries: int = DEFAULT_UPSTREAM_MAX_RETRIES
+    cors_origins: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
+        """Read the variables; raise ``ValueError`` naming a bad one."""
+        return cls(
+            keepalive_seconds=_positive(
+                environ,
+                "STREAM_KEEPALIVE_SECONDS",
+                DEFAULT_KEEPALIVE_SECONDS,
+                float,
+                MAX_SECONDS,
+            ),
+            max_prompt_chars=_positive(
+                environ,
+                "STREAM_MAX_PROMPT_CHARS",
+                DEFAULT_MAX_PROMPT_CHARS,
+                int,
+                MAX_CHARS_OR_TOKENS,
+            ),
+            max_body_bytes=_positive(
+                environ,
+                "STREAM_MAX_BODY_BYTES",
+                DEFAULT_MAX_BODY_BYTES,
+                int,
+                MAX_BODY_BYTES,
+            ),
+            max_output_tokens=_positive(
+                environ, "STREAM_MAX_OUTPUT_TOKENS", None, int, MAX_CHARS_OR_TOKENS
+            ),
+            upstream_timeout_seconds=_positive(
+                environ,
+                "STREAM_UPSTREAM_TIMEOUT_SECONDS",
+                DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
+                float,
+                MAX_SECONDS,
+            ),
+            upstream_max_retries=_retries(
+                environ, "STREAM_UPSTREAM_MAX_RETRIES", DEFAULT_UPSTREAM_MAX_RETRIES
+            ),
+            cors_origins=frozenset(
+                origin.rstrip("/")
+                for origin in comma_list(environ, "STREAM_CORS_ORIGINS")
+            ),
+        )
+
+    @classmethod
+    def from_env_or_exit(cls, environ: Mapping[str, str] = os.environ) -> Self:
+        """:meth:`from_env` for a server starting up: a bad value stops it with one
+        line naming the variable, not inside a traceback."""
+        try:
+            return cls.from_env(environ)
+        except ValueError as error:
+            raise SystemExit(f"Bad setting: {error}") from None
+
+
+def check_request(
+    environ: Mapping[str, Any],
+    settings: StreamSettings,
+    methods: Collection[str] = ("GET",),
+) -> None:
+    """Refuse, before any upstream call, a request no view should pay a model for.
+
+    ``405`` for another method: ``HEAD`` too, which Flask and Django route to a GET
+    view, where it would start a completion no one reads. ``403`` from another
+    site (see :func:`check_site`), ``413`` for a body over the size limit, told by
+    its ``Content-Length`` before it is read. ``environ`` is the WSGI environ:
+    Flask's ``request.environ``, Django's ``request.META``.
+    """
+    method = environ.get("REQUEST_METHOD", "")
+    if method not in methods:
+        allowed = ", ".join(methods)
+        raise StreamError(
+            405,
+            f"Use {' or '.join(methods)} here, got {method[:20]!r}.",
+            "method_not_allowed",
+            {"Allow": allowed},
+        )
+    check_site(_EnvironHeaders(environ), settings.cors_origins)
+    check_body_size(environ.get("CONTENT_LENGTH"), settings.max_body_bytes)
+
+
+class Headers(Protocol):
+    """Request headers, looked up case-insensitively (Flask's and Django's alike)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def check_site(headers: Headers, cors_origins: Collection[str] = ()) -> None:
+    """Refuse a request from another site with 403, before any upstream call.
+
+    A browser on another site must not spend the key: a request it marks
+    ``Sec-Fetch-Site: cross-site``, or whose ``Origin`` names another host than
+    ``Host``, is refused unless its origin is in ``cors_origins``. Clients that are
+    not browsers send neither header and pass. Host and port are compared, not the
+    scheme: behind a TLS-terminating proxy the app sees ``http`` while the browser
+    says ``https``.
+    """
+    origin = headers.get("Origin")
+    if origin is not None and origin in cors_origins:
+        return
+    host = headers.get("Host") or ""
+    if headers.get("Sec-Fetch-Site") == "cross-site" or (
+        origin is not None and _netloc(origin) != host.lower()
+    ):
+        raise StreamError(
+            403,
+            "Cross-site requests may not use this endpoint; list the origin in "
+            f"STREAM_CORS_ORIGINS to allow it.{_port_hint(origin, host)}",
+            "cross_site_request",
+        )
+
+
+def check_body_size(content_length: str | None, limit: int) -> None:
+    """Refuse a body whose ``Content-Length`` is over ``limit``, before reading it."""
+    length = (content_length or "").strip()
+    # isascii: "²".isdigit() is true too (a server may pass such a header on).
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise body_too_large(limit)
+
+
+def body_too_large(limit: int) -> StreamError:
+    return StreamError(
+        413, f"The body is over the limit of {limit} bytes.", "payload_too_large"
+    )
+
+
+def client_socket_of(environ: Mapping[str, Any]) -> socket.socket | None:
+    """The client's socket in the WSGI environ, for ``client_socket=``: with it a
+    client that leaves is noticed even while the upstream is silent.
+
+    gunicorn and ``flask run`` (Werkzeug) put it there, each under its own key;
+    ``manage.py runserver`` does not, and a client that left is noticed at the
+    next write (a keep-alive at the latest).
+    """
+    found = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    return found if isinstance(found, socket.socket) else None
+
+
+class _EnvironHeaders:
+    """The request headers of a WSGI environ, as :class:`Headers`."""
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, key: str, /) -> str | None:
+        value = self._environ.get("HTTP_" + key.upper().replace("-", "_"))
+        return value if isinstance(value, str) else None
+
+
+def _netloc(origin: str) -> str | None:
+    try:
+        return urlsplit(origin).netloc.lower() or None
+    except ValueError:
+        return None
+
+
+def _port_hint(origin: str | None, host: str) -> str:
+    """Why a same-host page may look cross-site: a proxy that dropped the port."""
+    netloc = _netloc(origin or "")
+    if netloc is None or netloc == host.lower():
+        return ""
+    if urlsplit(origin or "").hostname == urlsplit(f"//{host}").hostname:
+        return (
+            f" (Origin {netloc!r} and Host {host!r} differ only in their port: "
+            "a proxy in front must pass the Host header on whole, e.g. nginx's "
+            "'proxy_set_header Host $http_host;')"
+        )
+    return ""
+
+
+def comma_list(environ: Mapping[str, str], name: str, default: str = "") -> list[str]:
+    """The items of a comma-separated variable, each trimmed, empty ones dropped.
+
+    ``"a.example, b.example,"`` is ``["a.example", "b.example"]``: a space after a
+    comma is easy to type and invisible in a log, and kept it would never match.
+    An unset or empty variable gives the items of ``default``.
+    """
+    raw = environ.get(name) or default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+@overload
+def _positive(
+    environ: Mapping[str, str], name: str, default: _N, kind: type[_N], maximum: int
+) -> _N: ...
+@overload
+def _positive(
+    environ: Mapping[str, str], name: str, default: None, kind: type[_N], maximum: int
+) -> _N | None: ...
+def _positive(
+    environ: Mapping[str, str],
+    name: str,
+    default: _N | None,
+    kind: type[_N],
+    maximum: int,
+) -> _N | None:
+    """A number above 0 and at most ``maximum``; nan and inf are refused.
+
+    ``nan`` passes any comparison test written as "refuse if <= 0": a keep-alive
+    interval of nan wrote keep-alives in a tight loop, and inf broke every stream.
+    """
+    raw = environ.get(name)
+    if not raw:
+        return default
+    number = "whole number" if kind is int else "number"
+    problem = ValueError(
+        f"{name} must be a {number} above 0 and at most {maximum}, got {_quoted(raw)}"
+    )
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise problem from None
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        raise problem
+    return value
+
+
+def _retries(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    digits = raw.strip()
+    # isascii: "²".isdigit() is true too, and int() refuses it; the length check
+    # comes before int(), which refuses more than 4,300 digits.
+    short = len(digits) <= len(str(MAX_RETRIES))
+    whole = digits.isascii() and digits.isdigit() and short
+    if not whole or int(digits) > MAX_RETRIES:
+        raise ValueError(
+            f"{name} must be a whole number from 0 to {MAX_RETRIES}, got {_quoted(raw)}"
+        )
+    return int(digits)
+
+
+def _quoted(raw: str) -> str:
+    """A bad value for a message, cut short: a pasted file can be long."""
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 # --- Events: what the model says -----------------------------------------------------
@@ -942,8 +1258,8 @@ class _Relay:
             self.close()
             self._hooks.error(exc)
             error = _as_stream_error(exc)
-            if error is exc:
-                raise
+            if error is None or error is exc:
+                raise  # not the upstream's: the framework answers 500 and logs it
             raise error from exc
         self._silent_start = self._first is None
 
@@ -972,6 +1288,9 @@ class _Relay:
         except Exception as exc:  # any failure is reported to the client
             self._hooks.error(exc)
             error = _as_stream_error(exc)
+            if error is None:  # a bug, which the client must not take for the model's
+                _log_bug(exc)
+                error = StreamError(500, *_SERVER_FAILED)
             yield encoder.encode([Error(error.message, error.type)])
 
     def _output(self, deadline: float | None) -> object:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from shared.streaming import StreamError
+from shared.streaming import StreamError, body_too_large
 
 ROLES = frozenset({"system", "developer", "user", "assistant"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -123,12 +123,6 @@ def read_body(read: Callable[[int], bytes], limit: int) -> bytes:
     if size > limit:
         raise body_too_large(limit)
     return b"".join(parts)
-
-
-def body_too_large(limit: int) -> StreamError:
-    return StreamError(
-        413, f"The body is over the limit of {limit} bytes.", "payload_too_large"
-    )
 
 
 def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:

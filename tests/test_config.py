@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import HEADER_VALUED, Settings, comma_list
+from shared.config import HEADER_VALUED, Settings
+from shared.streaming import comma_list
 from tests.client import get_chat
 from tests.conftest import FAKE_API_KEY, ServerPool
 from tests.fake_upstream import Done, FakeUpstream, Text
@@ -155,6 +156,13 @@ def start_fails(kind: ServerKind, env: dict[str, str], log: Path) -> str:
     return server.log()
 
 
+def assert_stops_with_one_line(log: str, message: str) -> None:
+    """The server stopped before listening, with one line naming the setting."""
+    assert f"Bad setting: {message}" in log.splitlines(), log
+    assert "Traceback" not in log, log
+    assert "Listening at" not in log, log
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("STREAM_KEEPALIVE_SECONDS", "nan"), ("STREAM_UPSTREAM_TIMEOUT_SECONDS", "inf")],
@@ -164,7 +172,8 @@ def test_a_server_with_a_non_finite_number_exits_at_start(
     pool: ServerPool, tmp_path: Path, kind: ServerKind, name: str, value: str
 ) -> None:
     log = start_fails(kind, {**pool.env("plain"), name: value}, tmp_path / "log")
-    assert f"{name} must be a number above 0 and at most 86400, got '{value}'" in log
+    message = f"{name} must be a number above 0 and at most 86400, got '{value}'"
+    assert_stops_with_one_line(log, message)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS, ids=lambda kind: kind.name)
@@ -173,7 +182,9 @@ def test_a_server_whose_key_ends_with_a_newline_exits_at_start_unshown(
 ) -> None:
     env = {**pool.env("plain"), "OPENAI_API_KEY": f"{FAKE_API_KEY}\n"}
     log = start_fails(kind, env, tmp_path / "log")
-    assert "OPENAI_API_KEY holds '\\n' at its end" in log
+    message = "OPENAI_API_KEY holds '\\n' at its end, which can't go in an HTTP header"
+    assert any(line.startswith(f"Bad setting: {message}") for line in log.splitlines())
+    assert "Traceback" not in log, log
     assert FAKE_API_KEY not in log
 
 

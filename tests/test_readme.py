@@ -14,8 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from shared import config
-from shared.streaming import DEFAULT_KEEPALIVE_SECONDS
+from shared import config, streaming
 from tests.client import parse_sse, texts
 from tests.fake_upstream import Done, FakeUpstream, Text, Usage
 
@@ -43,10 +42,10 @@ def test_configuration_table_matches_the_defaults_in_code() -> None:
         "OPENAI_MODEL": config.DEFAULT_MODEL,
         "OPENAI_COMPLETION_MODEL": config.DEFAULT_COMPLETION_MODEL,
         "OPENAI_CHAT_API": config.DEFAULT_CHAT_API,
-        "STREAM_KEEPALIVE_SECONDS": f"{DEFAULT_KEEPALIVE_SECONDS:g}",
-        "STREAM_MAX_PROMPT_CHARS": str(config.DEFAULT_MAX_PROMPT_CHARS),
+        "STREAM_KEEPALIVE_SECONDS": f"{streaming.DEFAULT_KEEPALIVE_SECONDS:g}",
+        "STREAM_MAX_PROMPT_CHARS": str(streaming.DEFAULT_MAX_PROMPT_CHARS),
         "STREAM_UPSTREAM_TIMEOUT_SECONDS": (
-            f"{config.DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g}"
+            f"{streaming.DEFAULT_UPSTREAM_TIMEOUT_SECONDS:g}"
         ),
     }
     for name in ("DJANGO_ALLOWED_HOSTS", "FLASK_TRUSTED_HOSTS"):
@@ -56,7 +55,8 @@ def test_configuration_table_matches_the_defaults_in_code() -> None:
     read_in_code = set(
         re.findall(
             r'"((?:OPENAI|STREAM|DJANGO)_[A-Z_]+)"',
-            (ROOT / "shared/config.py").read_text(),
+            (ROOT / "shared/config.py").read_text()
+            + (ROOT / "shared/streaming.py").read_text(),
         )
         + re.findall(
             r'"(DJANGO_[A-Z_]+)"', (ROOT / "django_project/settings.py").read_text()
@@ -167,8 +167,12 @@ def test_the_flask_example_streams_with_only_the_core_beside_it(
     copied_core: Path, fake_openai: FakeUpstream
 ) -> None:
     script = fake_openai.script(Text("Hi\n"), Text("there"), Usage(1, 2), Done())
+    from flask import Flask
+
     view = copy_example(copied_core, "flask_view")
-    client = view.app.test_client()
+    app = Flask(__name__)
+    app.register_blueprint(view.bp)
+    client = app.test_client()
     query = {"prompt": f"x {script.marker}"}
     response = client.get("/chat", query_string=query)
     assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
@@ -182,7 +186,7 @@ def test_the_flask_example_streams_with_only_the_core_beside_it(
     assert response.status_code == 400
     assert response.json == {
         "error": {
-            "message": "Give a non-empty 'prompt'.",
+            "message": "Give a 'prompt' of 1 to 32000 characters.",
             "type": "invalid_request_error",
         }
     }
