@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 REDIS := /usr/bin/redis-server
 NGINX := /usr/sbin/nginx
 BENCH_STAMP := $(VENV)/.installed-bench
-# A copied view on openai 2 (httpx, not httpx2): tests/test_copied_view.py runs it.
+# A copied view on openai 2 (httpx, not httpx2): tests/test_copy_from_readme.py runs it.
 OPENAI2_VENV := .venv-openai2
 OPENAI2_STAMP := $(OPENAI2_VENV)/.installed
 EXPRESS := bench/express

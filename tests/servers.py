@@ -102,6 +102,11 @@ class Server:
     # The server speaks TLS itself (e.g. gunicorn --certfile): how to trust it.
     tls: ssl.SSLContext | None = field(default=None, repr=False)
     cwd: Path = ROOT  # where the command runs
+    # What GET /healthz answers once the app is up: 404 in an app without that route.
+    ready_status: int = 200
+    # False: the process gets ``env`` alone, as from a fresh shell (no variable of
+    # this test session, such as pytest-django's DJANGO_SETTINGS_MODULE).
+    inherit_env: bool = True
 
     @property
     def name(self) -> str:
@@ -109,7 +114,8 @@ class Server:
 
     def start(self) -> Server:
         self.port = free_port()
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        inherited = os.environ if self.inherit_env else {}
+        env = {**inherited, **self.env, "PYTHONUNBUFFERED": "1"}
         for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
             if name not in self.env:
                 env.pop(name, None)
@@ -127,7 +133,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start:\n{self.log()}")
             try:
-                if self.request("GET", "/healthz")[0] == 200:
+                if self.request("GET", "/healthz")[0] == self.ready_status:
                     return self
             except OSError:
                 time.sleep(0.1)
