@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -523,10 +524,12 @@ def test_a_client_leaving_during_silence_stops_the_model(
     server = copies.server(name)
     since = silent.log_size()
     sock = open_silent_stream(server)
-    assert chat_calls(silent, since) == 1
-    assert CLIENT_LEFT not in silent.log()[since:]
-    left_at = time.monotonic()
-    sock.close()
+    try:
+        assert chat_calls(silent, since) == 1
+        assert CLIENT_LEFT not in silent.log()[since:]
+    finally:
+        left_at = time.monotonic()
+        sock.close()
     silent.wait_for_log(CLIENT_LEFT, since, timeout=bound + 10)
     assert time.monotonic() - left_at <= bound + MARGIN_SECONDS
 
@@ -535,28 +538,36 @@ def test_sigterm_ends_an_open_stream_with_an_error_event(copies: Copies) -> None
     """The copied gunicorn.conf.py ends the streams it can't wait for."""
     server = copies.start("flask-gunicorn-sigterm")
     try:
-        conn = server.connection(timeout=GRACEFUL_TIMEOUT_SECONDS + 5)
-        conn.request("GET", "/chat?prompt=think")
-        with conn.getresponse() as response:
-            assert response.status == 200
-            first = response.read1()
-            assert first == b": keep-alive\n\n"
-            assert server.process is not None
-            server.process.send_signal(signal.SIGTERM)
-            try:
-                rest, complete = response.read(), True
-            except http.client.IncompleteRead as cut:
-                rest, complete = cut.partial, False
-        conn.close()
-        assert complete, f"the stream was cut: {rest!r}"
-        events = parse_sse(first + rest)
-        assert [event.event for event in events][-1] == "error", rest
+        body, complete = stream_through_sigterm(server)
+        assert complete, f"the stream was cut: {body!r}"
+        assert body.endswith(b"\n\n"), body
+        events = parse_sse(body)
+        assert events[-1].event == "error", body
         assert json.loads(events[-1].data)["type"] == "server_shutdown"
+        assert server.process is not None
         assert server.process.wait(GRACEFUL_TIMEOUT_SECONDS + 5) == 0
     finally:
         server.stop()
     for failure in ("Traceback", "ModuleNotFoundError"):
         assert failure not in server.log(), server.log()
+
+
+def stream_through_sigterm(server: Server) -> tuple[bytes, bool]:
+    """Open a stream, SIGTERM gunicorn's master once its first keep-alive came:
+    the body read to its end, and whether that end was a proper one."""
+    assert server.process is not None
+    conn = server.connection(timeout=GRACEFUL_TIMEOUT_SECONDS + 5)
+    with closing(conn):
+        conn.request("GET", "/chat?prompt=think")
+        with conn.getresponse() as response:
+            assert response.status == 200
+            first = response.read1()
+            assert first == b": keep-alive\n\n"
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                return first + response.read(), True
+            except http.client.IncompleteRead as cut:
+                return first + cut.partial, False
 
 
 # --- Mistakes -------------------------------------------------------------------------
