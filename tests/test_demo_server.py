@@ -355,7 +355,7 @@ def test_a_stop_signal_exits_0_at_once_even_mid_answer(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--host", "0.0.0.0"), "--host '0.0.0.0' is not a loopback address"),
+        (("--host", "192.0.2.1"), "--host '192.0.2.1' is not a loopback address"),
         (("--token-delay", "-1"), "expected seconds >= 0, got '-1'"),
         (("--silence", "nan"), "expected seconds >= 0, got 'nan'"),
     ],
@@ -364,6 +364,7 @@ def test_a_stop_signal_exits_0_at_once_even_mid_answer(
 def test_a_bad_command_line_stops_with_a_message(
     args: tuple[str, ...], message: str
 ) -> None:
+    """A host no interface has (TEST-NET-1): never served, even if the check broke."""
     command = [sys.executable, "-m", "shared.demo_server", "--port", str(free_port())]
     done = subprocess.run(
         [*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=15
