@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         request = httpx2.Request(
             self.command,
             self.server.origin + _as_path(self.path),
-            headers=[
+            headers=[  # as received: http.server decoded them as latin-1
                 (k.encode("latin-1"), v.encode("latin-1"))
                 for k, v in self.headers.items()
             ],
