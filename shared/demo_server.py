@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -99,11 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         """Hand the request to ``DemoTransport`` and write its response back."""
         body = self._read_body()
-        target = self.path if self.path.startswith("/") else f"/{self.path}"
         request = httpx2.Request(
             self.command,
-            self.server.origin + target,
-            headers=self.headers.items(),
+            self.server.origin + _as_path(self.path),
+            headers=[  # as received: http.server decoded them as latin-1
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in self.headers.items()
+            ],
             content=body or b"",
         )
         response = self.server.transport.handle_request(request)
@@ -181,11 +184,21 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = getattr(self, "path", "").split("?")[0]  # a query may carry a key
-        self.log_message('"%s %s" %s', self.command or "-", path, code)
+        if not self.command:  # a request line that could not be parsed
+            self.log_message('"-" %s', code)
+            return
+        path = self.path.split("?")[0]  # a query may carry a key
+        self.log_message('"%s %s" %s', self.command, path, code)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s", (format % args).translate(_CONTROL_CHARACTERS))
+
+
+def _as_path(target: str) -> str:
+    """The request target as a URL path that ``httpx2`` accepts, whatever the client
+    sent (``*``, a control character): the transport answers it with its 404."""
+    path = target if target.startswith("/") else f"/{target}"
+    return urllib.parse.quote(path, safe="/%?&=+:;,@!$'()*[]~#")
 
 
 def _seconds(value: str) -> float:

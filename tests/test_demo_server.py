@@ -316,6 +316,41 @@ def test_bad_json_is_a_400_and_the_log_leaves_the_query_out(
     assert "secret-in-a-query" not in fast.log()
 
 
+def raw_exchange(server: DemoUpstream, request: bytes) -> tuple[int, Any]:
+    """Send bytes as they are, then read the JSON answer up to the connection's end."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as reader:
+            status = int(reader.readline().split()[1])
+            head, _, body = reader.read().partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/json\r\n" in head
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "header", "status"),
+    [
+        (b"GET /\x1b[2J HTTP/1.1", b"", 404),  # a control character
+        (b"OPTIONS * HTTP/1.1", b"", 404),
+        (b"GET http://127.0.0.1/v1/models HTTP/1.1", b"", 404),  # absolute form
+        (b"POST /v1/completions HTTP/1.1", b"X-Name: \xe9\xff\r\n", 200),
+    ],
+    ids=["control-character", "asterisk", "absolute-form", "latin-1-header"],
+)
+def test_odd_requests_get_an_answer_and_log_no_traceback(
+    fast: DemoUpstream, request_line: bytes, header: bytes, status: int
+) -> None:
+    since, body = fast.log_size(), b'{"prompt": "hi"}'
+    head = b"%s\r\nHost: x\r\nConnection: close\r\n%s" % (request_line, header)
+    request = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+    answer = raw_exchange(fast, request)
+    assert answer[0] == status
+    assert ("error" in answer[1]) == (status == 404)
+    fast.wait_for_log(f'" {status}\n', since)
+    assert "Traceback" not in fast.log()
+    assert "\x1b" not in fast.log()  # escaped, as the stdlib's log does
+
+
 def test_one_keep_alive_connection_serves_one_request_after_another(
     fast: DemoUpstream, client: openai.OpenAI
 ) -> None:
@@ -355,7 +390,7 @@ def test_a_stop_signal_exits_0_at_once_even_mid_answer(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--host", "0.0.0.0"), "--host '0.0.0.0' is not a loopback address"),
+        (("--host", "192.0.2.1"), "--host '192.0.2.1' is not a loopback address"),
         (("--token-delay", "-1"), "expected seconds >= 0, got '-1'"),
         (("--silence", "nan"), "expected seconds >= 0, got 'nan'"),
     ],
@@ -364,6 +399,7 @@ def test_a_stop_signal_exits_0_at_once_even_mid_answer(
 def test_a_bad_command_line_stops_with_a_message(
     args: tuple[str, ...], message: str
 ) -> None:
+    """A host no interface has (TEST-NET-1): never served, even if the check broke."""
     command = [sys.executable, "-m", "shared.demo_server", "--port", str(free_port())]
     done = subprocess.run(
         [*command, *args], cwd=ROOT, capture_output=True, text=True, timeout=15
