@@ -2,6 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 PORT ?= 8000
+DEMO_PORT ?= 8001
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
@@ -15,7 +16,7 @@ EXPRESS := bench/express
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-django dev-flask dev-django test check screenshot bench
+.PHONY: help install run run-django dev-flask dev-django demo-upstream test check screenshot bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +48,9 @@ dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
 
 dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+demo-upstream: $(STAMP) ## The offline demo model as an OpenAI API on http://127.0.0.1:8001/v1
+	$(BIN)/python -m shared.demo_server --port $(DEMO_PORT)
 
 $(OPENAI2_STAMP): tests/openai2/requirements.txt
 	$(PYTHON) -m venv $(OPENAI2_VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import ssl
@@ -209,3 +210,72 @@ def wait_or_kill(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(STOP_TIMEOUT_SECONDS)
+
+
+@dataclass
+class DemoUpstream:
+    """``python -m shared.demo_server`` as a process: the offline model over HTTP.
+
+    Its log (stderr) has one line per request and per streamed answer's end; tests
+    read it to count upstream calls and to see when a client left.
+    """
+
+    log_path: Path
+    args: tuple[str, ...] = ()  # e.g. ("--token-delay", "0.05")
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> DemoUpstream:
+        self.port = free_port()
+        module = [sys.executable, "-m", "shared.demo_server"]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*module, "--port", str(self.port), *self.args],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:  # logged once it listens
+            self.wait_for_log("Demo upstream on ", timeout=START_TIMEOUT_SECONDS)
+        except AssertionError:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> DemoUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_size(self) -> int:
+        """Where the log ends now: ``wait_for_log(..., since=)`` looks after it."""
+        return len(self.log())
+
+    def wait_for_log(
+        self, pattern: str, since: int = 0, timeout: float = 5.0
+    ) -> re.Match[str]:
+        """The first match of the regex ``pattern`` in the log after ``since``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if match := re.search(pattern, self.log()[since:]):
+                return match
+            exited = self.process is None or self.process.poll() is not None
+            assert not exited, f"the demo upstream exited:\n{self.log()}"
+            assert time.monotonic() < deadline, (
+                f"no {pattern!r} in the demo upstream's log within {timeout}s:\n"
+                f"{self.log()[since:]}"
+            )
+            time.sleep(0.02)
