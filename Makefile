@@ -19,7 +19,7 @@ BENCH_ARGS ?=
 .PHONY: help install run run-django dev-flask dev-django demo-upstream test check screenshot bench
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,20 +36,20 @@ $(CHROMIUM) $(REDIS) $(NGINX) &:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium redis-server nginx
 
-run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000
+run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
 
-run-django: $(STAMP) ## Serve the Django project under gunicorn+gevent on http://127.0.0.1:8000
+run-django: $(STAMP) ## Serve the Django project under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) django_project.wsgi
 
-dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000
+dev-flask: $(STAMP) ## Flask's development server (flask run) on port 8000 (PORT=...)
 	$(BIN)/flask --app flask_app run --port $(PORT)
 
-dev-django: $(STAMP) ## Django's development server (runserver) on port 8000
+dev-django: $(STAMP) ## Django's development server (runserver) on port 8000 (PORT=...)
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
-demo-upstream: $(STAMP) ## The offline demo model as an OpenAI API on http://127.0.0.1:8001/v1
+demo-upstream: $(STAMP) ## The offline demo model as an OpenAI API on http://127.0.0.1:8001/v1 (DEMO_PORT=...)
 	$(BIN)/python -m shared.demo_server --port $(DEMO_PORT)
 
 $(OPENAI2_STAMP): tests/openai2/requirements.txt

@@ -7,6 +7,7 @@ and both gunicorn servers again against the TLS upstream.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -372,11 +373,36 @@ def test_other_upstream_failures_are_502_without_the_upstream_text(
         headers={"retry-after-ms": "5"},
         body={"error": {"message": leak, "type": "invalid_request_error"}},
     )
+    logged_before = len(server.log())
     response = get_chat(server, f"fail {script.marker}")
     assert response[0] == 502
     assert error_of(response)["type"] == "upstream_error"
     assert FAKE_API_KEY[-4:].encode() not in response[2]
     assert b"Incorrect API key" not in response[2]
+    # Whoever runs the server is told, in the upstream's words, less the key.
+    warning = (
+        f"The upstream answered {status} to POST {fake.base_url}/chat/completions: "
+        "Incorrect API key provided: [redacted]"
+    )
+    deadline = time.monotonic() + 5  # the log is written after the answer
+    while warning not in server.log()[logged_before:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert warning in server.log()[logged_before:], server.log()[logged_before:]
+    assert FAKE_API_KEY[-4:] not in server.log()
+
+
+def test_an_upstream_404_says_what_to_check(server: Server, fake: FakeUpstream) -> None:
+    """A base URL without its /v1 is the usual cause, or a model name."""
+    script = fake.script(status=404, body={"error": {"message": "Not found"}})
+    response = get_chat(server, f"fail {script.marker}")
+    assert (response[0], error_of(response)) == (
+        502,
+        {
+            "message": "The upstream answered 404. Check the model name, and that "
+            "the base URL ends with the API's version path (e.g. /v1).",
+            "type": "upstream_error",
+        },
+    )
 
 
 def test_upstream_timeout_before_the_first_byte_is_504(

@@ -25,7 +25,7 @@ def test_settings_in_test_config_leave_the_environment_unread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OPENAI_CHAT_API", "telepathy")
-    with pytest.raises(ValueError, match="OPENAI_CHAT_API"):
+    with pytest.raises(SystemExit, match="^Bad setting: OPENAI_CHAT_API must be"):
         create_app()
     app = create_app({"STREAM_SETTINGS": Settings()})
     assert app.test_client().get("/healthz").json == {

@@ -625,6 +625,9 @@ TIMED_OUT = ("upstream_timeout", "The upstream timed out.")
 NO_CONNECTION = ("upstream_connection_error", "The connection to the upstream failed.")
 
 
+SERVER_FAILED = ("server_error", "The server failed; the failure is logged.")
+
+
 def failed(message: str) -> tuple[str, str]:
     return ("upstream_error", message)
 
@@ -652,9 +655,7 @@ FAILURES = [  # what the upstream sends (or raises), and the error's (type, mess
         failed("Bad key [redacted]"),
         id="sdk-mid-stream-error",
     ),
-    pytest.param(
-        lambda: RuntimeError(SECRET), failed("The upstream failed."), id="other"
-    ),
+    pytest.param(lambda: RuntimeError(SECRET), SERVER_FAILED, id="bug"),
     pytest.param(
         lambda: {"error": {"message": f"Overloaded {SECRET}", "code": 503}},
         failed("Overloaded [redacted]"),
@@ -692,6 +693,8 @@ FAILURES = [  # what the upstream sends (or raises), and the error's (type, mess
         id="raw-malformed-json",
     ),
 ]
+# The upstream's failures: a bug before any output is raised as it is (see below).
+UPSTREAM_FAILURES = [f for f in FAILURES if f.id != "bug"]
 
 
 def then_failing(first: dict[str, Any], failure: object) -> Upstream:
@@ -701,7 +704,7 @@ def then_failing(first: dict[str, Any], failure: object) -> Upstream:
     return Upstream([first, failure])
 
 
-@pytest.mark.parametrize(("failure", "error"), FAILURES)
+@pytest.mark.parametrize(("failure", "error"), UPSTREAM_FAILURES)
 @pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
 def test_a_failure_before_any_output_raises_stream_error(
     stream: Callable[..., Iterable[bytes]],
@@ -750,29 +753,39 @@ def test_a_failure_after_output_cuts_raw_text_off(
     assert upstream.closed.is_set()
 
 
-@pytest.mark.parametrize("before_output", [True, False], ids=["before", "after"])
-def test_a_bug_is_logged_once_with_its_traceback(
-    before_output: bool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("stream", [sse_frames, text_stream], ids=["sse", "text"])
+def test_a_bug_before_any_output_is_raised_as_it_is(
+    stream: Callable[..., Iterable[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The client sees only a generic failure; the log has what went wrong."""
-    first = chat("") if before_output else chat("partial")
-    upstream = then_failing(first, KeyError("a bug in the relay"))
+    """Not passed off as an upstream failure: the framework answers 500 and logs it."""
+    upstream = then_failing(chat(""), KeyError("a bug in a callback"))
+    errors: list[BaseException] = []
     with caplog.at_level(logging.ERROR, logger=streaming.__name__):
-        if before_output:
-            with pytest.raises(StreamError) as info:
-                sse_frames(upstream)
-            assert (info.value.status, info.value.message) == (
-                502,
-                "The upstream failed.",
-            )
-        else:
-            assert b"The upstream failed." in collect(sse_frames(upstream))
+        with pytest.raises(KeyError, match="a bug in a callback"):
+            stream(upstream, on_error=errors.append)
+    assert upstream.closed.is_set()
+    assert len(errors) == 1
+    assert not caplog.records  # the framework logs it, once
+
+
+def test_a_bug_after_output_is_logged_once_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client sees a server error; the log has what went wrong."""
+    upstream = then_failing(chat("partial"), KeyError("a bug in the relay"))
+    with caplog.at_level(logging.ERROR, logger=streaming.__name__):
+        body = collect(sse_frames(upstream))
+    [_, error] = parse_sse(body)
+    assert (error.event, json.loads(error.data)) == (
+        "error",
+        dict(zip(("type", "message"), SERVER_FAILED, strict=True)),
+    )
     (record,) = caplog.records
     assert "Traceback" in record.message
     assert "KeyError: 'a bug in the relay'" in record.message
 
 
-@pytest.mark.parametrize(("failure", "error"), [f for f in FAILURES if f.id != "other"])
+@pytest.mark.parametrize(("failure", "error"), UPSTREAM_FAILURES)
 def test_an_upstream_failure_is_not_logged_as_a_bug(
     failure: Callable[[], object],
     error: tuple[str, str],
@@ -823,8 +836,15 @@ def bad_request(message: str) -> tuple[int, str, str]:
     return (400, "upstream_bad_request", message)
 
 
+NOT_FOUND_HINT = (
+    " Check the model name, and that the base URL ends with the API's version path"
+    " (e.g. /v1)."
+)
+
+
 def answered(status: int) -> tuple[int, str, str]:
-    return (502, "upstream_error", f"The upstream answered {status}.")
+    hint = NOT_FOUND_HINT if status == 404 else ""
+    return (502, "upstream_error", f"The upstream answered {status}.{hint}")
 
 
 RATE_LIMITED = (429, "rate_limited", "The upstream is rate limiting requests.")
@@ -850,9 +870,6 @@ MAPPINGS = [  # what create() raises, and the StreamError's (status, type, messa
         openai.APIError(f"Bad key {SECRET}", REQUEST, body=None),
         (502, *failed("Bad key [redacted]")),
         id="api-error",
-    ),
-    pytest.param(
-        RuntimeError(SECRET), (502, *failed("The upstream failed.")), id="other"
     ),
     pytest.param(UpstreamFailed("Cut off"), (502, *failed("Cut off")), id="failed"),
     # Raised by httpx2 itself while the core reads raw bytes, unwrapped by the SDK.
@@ -902,6 +919,62 @@ def test_open_upstream_returns_the_stream_and_passes_stream_errors_through() -> 
         open_upstream(raising(original))
     assert info.value is original
     assert original.body() == b'{"error": {"message": "teapot", "type": "x"}}'
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        pytest.param(lambda: openai.OpenAI(api_key=None), id="no-key"),
+        pytest.param(
+            lambda: openai.OpenAI(api_key="k").chat.completions.create(
+                model="m", messages=[], stream=True, stream_option={}
+            ),
+            id="typo",
+        ),
+    ],
+)
+def test_open_upstream_raises_the_callers_own_failure_as_it_is(
+    bug: Callable[[], object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A missing key or a typo is no upstream's failure: not a 502, but the
+    framework's 500 and its logged traceback."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger=streaming.__name__):
+        with pytest.raises((openai.OpenAIError, TypeError)) as info:
+            open_upstream(bug)
+    assert not isinstance(info.value, StreamError | openai.APIError)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 429, 500])
+def test_an_upstream_error_status_is_logged_in_the_upstreams_words(
+    status: int, stack: ExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever runs the server sees why: a wrong key, a base URL without /v1."""
+    handler = answer(status, {"error": ECHO})
+    create = sdk_client(stack, handler).chat.completions.create
+    with caplog.at_level(logging.WARNING, logger=streaming.__name__):
+        with pytest.raises(StreamError):
+            open_upstream(lambda: create(model="m", messages=[], stream=True))
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"The upstream answered {status} to POST "
+        f"http://upstream.test/v1/chat/completions: {REDACTED_ECHO}"
+    )
+    assert SECRET not in caplog.text
+
+
+def test_an_upstream_400_is_told_to_the_client_not_logged(
+    stack: ExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    create = sdk_client(stack, answer(400, {"error": ECHO})).chat.completions.create
+    with caplog.at_level(logging.WARNING, logger=streaming.__name__):
+        with pytest.raises(StreamError):
+            open_upstream(lambda: create(model="m", messages=[], stream=True))
+    assert not caplog.records
 
 
 def answer(status: int, body: object, **headers: str) -> Handler:
