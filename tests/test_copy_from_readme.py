@@ -131,11 +131,16 @@ def dollar_lines(name: str) -> list[str]:
     return commands
 
 
-def readme_command(name: str, needle: str) -> tuple[str, ...]:
-    """The one command of block ``name`` that contains ``needle``, as argv."""
+def readme_line(name: str, needle: str) -> str:
+    """The one command of block ``name`` that contains ``needle``."""
     found = [line for line in dollar_lines(name) if needle in line]
     assert len(found) == 1, f"not one {needle!r} line in the {name!r} block: {found}"
-    return tuple(shlex.split(found[0], comments=True))
+    return found[0]
+
+
+def readme_command(name: str, needle: str) -> tuple[str, ...]:
+    """:func:`readme_line` as argv."""
+    return tuple(shlex.split(readme_line(name, needle), comments=True))
 
 
 def with_port(argv: Sequence[str], port: int) -> list[str]:
@@ -255,7 +260,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     with (folder / "app.py").open("a") as app:
         app.write(BUGGY_VIEW_LINES)
-    migrate = " ".join(readme_command("deploy", "migrate"))
+    migrate = readme_line("deploy", "migrate")
     returncode, output = run_bounded(["bash", "-c", migrate], folder, shell, 120)
     assert returncode == 0, f"`{migrate}` failed:\n{output}"
     return folder
