@@ -61,6 +61,7 @@ Deliberate choices a reader might want to "fix":
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -76,7 +77,14 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -106,6 +114,7 @@ __all__ = [
     "Reasoning",
     "Refusal",
     "SseEncoder",
+    "Step",
     "StreamError",
     "StreamSettings",
     "Text",
@@ -113,6 +122,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolResult",
+    "Tools",
     "UpstreamFailed",
     "Usage",
     "check_request",
@@ -145,6 +155,8 @@ DEFAULT_MAX_PROMPT_CHARS = 32_000
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 60.0
 DEFAULT_UPSTREAM_MAX_RETRIES = 2  # the openai SDK's own default
+DEFAULT_MAX_STEPS = 5  # model calls per answer, when tools run
+DEFAULT_TOOL_TIMEOUT_SECONDS = 30.0
 # Past these a setting is a typo (or nan/inf), not a choice.
 MAX_SECONDS = 86_400  # a day
 MAX_CHARS_OR_TOKENS = 100_000_000  # far past any model's context window
@@ -996,9 +1008,23 @@ def _decode(
             read = next(iterator, None)
             yield decoder.feed(read) if read is not None else decoder.end()
         return
-    yield _chunk_events(first, secrets)
+    if isinstance(first, _Decoded):  # an answer of several model calls
+        yield first.events
+        for decoded in iterator:
+            yield decoded.events
+        return
+    calls = _ToolCalls()
+    yield calls.assemble(_chunk_events(first, secrets))
     for chunk in iterator:
-        yield _chunk_events(chunk, secrets)
+        yield calls.assemble(_chunk_events(chunk, secrets))
+    yield calls.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """Events decoded already: what an answer of several model calls yields."""
+
+    events: list[Event]
 
 
 class _SseDecoder:
@@ -1029,6 +1055,7 @@ class _SseDecoder:
         self._head: bytearray | None = bytearray()  # until the first event
         self._ended = False  # a finish reason or a terminal event came
         self._failure: UpstreamFailed | None = None
+        self._calls = _ToolCalls()
 
     def feed(self, read: bytes) -> list[Event]:
         """The events that ``read`` completed."""
@@ -1039,7 +1066,7 @@ class _SseDecoder:
         """The body ended: the last event, if it lacked its blank line."""
         self._raise_failure()
         self.done = True
-        events = self._events(self.flush())
+        events = self._events(self.flush()) + self._calls.flush()
         self._raise_failure()
         if not self._ended:
             head = bytes(self._head or b"")
@@ -1094,9 +1121,10 @@ class _SseDecoder:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
                     self.done = True
+                    events += self._calls.flush()
                     break
                 chunk = _json_chunk(payload)
-                events += _chunk_events(chunk, self._secrets)
+                events += self._calls.assemble(_chunk_events(chunk, self._secrets))
                 self._ended = self._ended or _ends_answer(chunk)
         except UpstreamFailed as exc:
             self._failure = exc  # raised next time, after what came before it
@@ -1238,6 +1266,248 @@ def _utf8(text: str) -> bytes:
         return _SURROGATE.sub("\ufffd", text).encode()
 
 
+# --- Tools the server runs -----------------------------------------------------------
+
+
+class Tools:
+    """Plain Python functions the model may call, run by the server between its
+    model calls (see :func:`sse_frames`'s ``tools``).
+
+    A function's name, docstring and annotated parameters are the schema the model
+    sees (built by pydantic, which the openai SDK brings). A call whose arguments
+    are not valid JSON for the function, or a function that raises, gives the
+    model an error to read instead of an output; a result that is not a string
+    goes back as its JSON text. A tool that runs longer than ``timeout_seconds`` is
+    given up: under gevent it is interrupted where it waits (I/O, sleep); under
+    threads it can't be, and runs on in its thread while the answer goes on
+    without it. At most ``max_steps`` model calls make one answer.
+    """
+
+    def __init__(
+        self,
+        functions: Iterable[Callable[..., Any]],
+        *,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS,
+    ) -> None:
+        self.functions = {function.__name__: function for function in functions}
+        self.max_steps = max_steps
+        self.timeout_seconds = timeout_seconds
+        self._models = {name: _arguments_model(f) for name, f in self.functions.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.functions)
+
+    def definitions(self, api: str = "chat") -> list[dict[str, Any]]:
+        """The ``tools`` of a request: Chat Completions' shape, or ``"responses"``'."""
+        tools = []
+        for name, function in self.functions.items():
+            schema = _without_titles(self._models[name].model_json_schema())
+            tool = {
+                "name": name,
+                "description": inspect.getdoc(function) or "",
+                "parameters": schema,
+            }
+            tools.append(
+                {"type": "function", **tool}
+                if api == "responses"
+                else {"type": "function", "function": tool}
+            )
+        return tools
+
+    def run(self, call: ToolCall) -> ToolResult:
+        """Run ``call`` within the timeout; its output, or the error the model reads."""
+        function = self.functions.get(call.name)
+        if function is None:
+            return ToolResult(call.id, error=f"There is no tool named {call.name!r}.")
+        try:
+            arguments = self._models[call.name].model_validate_json(
+                call.arguments or "{}"
+            )
+        except ValueError as exc:  # pydantic's ValidationError is one
+            return ToolResult(call.id, error=f"Bad arguments for {call.name}: {exc}")
+        try:
+            output = _within(self.timeout_seconds, function, dict(arguments))
+        except TimeoutError:
+            error = f"{call.name} did not finish within {self.timeout_seconds:g} s."
+            return ToolResult(call.id, error=error)
+        except Exception as exc:
+            error = _redact(f"{call.name} failed: {type(exc).__name__}: {exc}")
+            return ToolResult(call.id, error=error)
+        if not isinstance(output, str):
+            output = json.dumps(output, default=str, ensure_ascii=False)
+        return ToolResult(call.id, output=output)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model call of an answer that called tools: what the model said, the
+    calls it made, and what the tools gave back, to send it in the next call."""
+
+    text: str
+    calls: list[ToolCall]
+    results: list[ToolResult]
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The step as Chat Completions messages: the assistant's, then the tools'."""
+        calls = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in self.calls
+        ]
+        assistant = {"role": "assistant", "content": self.text or None}
+        tools = [
+            {"role": "tool", "tool_call_id": r.id, "content": _tool_text(r)}
+            for r in self.results
+        ]
+        return [assistant | {"tool_calls": calls}, *tools]
+
+    def responses_input(self) -> list[dict[str, Any]]:
+        """The step as Responses API input items: the calls, then their outputs."""
+        items: list[dict[str, Any]] = []
+        if self.text:
+            items.append({"role": "assistant", "content": self.text})
+        items += [
+            {
+                "type": "function_call",
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+            for call in self.calls
+        ]
+        items += [
+            {"type": "function_call_output", "call_id": r.id, "output": _tool_text(r)}
+            for r in self.results
+        ]
+        return items
+
+
+# Given the steps so far, the request of the next model call.
+FollowUp = Callable[[Sequence[Step]], Opener]
+
+
+class _ToolSteps:
+    """An answer of several model calls: each call's events, then, when the model
+    called tools, their results, and the next call's events, up to ``max_steps``.
+
+    Read by a relay's helper (greenlet or thread), so that keep-alives go on while
+    a tool runs; a client that leaves stops it there, before the next request.
+    """
+
+    def __init__(
+        self, first: Iterable[Any] | Opener, tools: Tools, follow_up: FollowUp
+    ) -> None:
+        self._first, self._tools, self._follow_up = first, tools, follow_up
+        self._upstream: Any = None
+
+    def __iter__(self) -> Iterator[_Decoded]:
+        steps: list[Step] = []
+        opener: Any = self._first
+        while True:
+            upstream = open_upstream(opener) if _is_opener(opener) else opener
+            self._upstream = upstream
+            calls: list[ToolCall] = []
+            text: list[str] = []
+            try:
+                reads = iter(
+                    upstream.iter_bytes()
+                    if hasattr(upstream, "iter_bytes")
+                    else upstream
+                )
+                for events in _decode(reads, _secrets_of(upstream)):
+                    for event in events:
+                        if type(event) is ToolCall:
+                            calls.append(event)
+                        elif type(event) is Text:
+                            text.append(event.text)
+                    yield _Decoded(events)
+                for _ in itertools.islice(reads, _DRAIN_READS):
+                    pass  # to the end of the body: the connection is pooled
+            finally:
+                _close(upstream)
+            if not calls or len(steps) + 1 >= self._tools.max_steps:
+                return
+            results = []
+            for call in calls:
+                results.append(self._tools.run(call))
+                yield _Decoded([results[-1]])
+            steps.append(Step("".join(text), calls, results))
+            opener = self._follow_up(tuple(steps))
+
+    @property
+    def http_response(self) -> object:
+        """The current model call's HTTP response: its socket, its credentials."""
+        return _http_response(self._upstream)
+
+    def close(self) -> None:
+        _close(self._upstream)
+
+
+def _arguments_model(function: Callable[..., Any]) -> Any:
+    """A pydantic model of ``function``'s parameters: its JSON schema, and the
+    validation of the arguments the model writes."""
+    import pydantic  # the openai SDK's own dependency
+
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        annotation = (
+            Any
+            if parameter.annotation is inspect.Parameter.empty
+            else parameter.annotation
+        )
+        default = (
+            ... if parameter.default is inspect.Parameter.empty else parameter.default
+        )
+        fields[name] = (annotation, default)
+    config = pydantic.ConfigDict(extra="forbid")
+    return pydantic.create_model(function.__name__, __config__=config, **fields)
+
+
+def _without_titles(schema: Any) -> Any:
+    """pydantic's schema less its generated titles, which tell the model nothing."""
+    if isinstance(schema, dict):
+        return {k: _without_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    return schema
+
+
+def _within(
+    seconds: float, function: Callable[..., Any], arguments: dict[str, Any]
+) -> Any:
+    """``function(**arguments)``, or ``TimeoutError`` after ``seconds``."""
+    if _gevent_active():
+        import gevent
+
+        with gevent.Timeout(seconds, TimeoutError):
+            return function(**arguments)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(**arguments)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise TimeoutError
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
+
+
+def _tool_text(result: ToolResult) -> str:
+    return result.output or "" if result.error is None else f"Error: {result.error}"
+
+
 # --- The relay: from the upstream to the client, in time ------------------------------
 
 
@@ -1375,8 +1645,6 @@ class _Relay:
         self._silent_start = False  # start() waited a whole interval for output
         self._gone = False  # the client left before the first output
         self._started = False
-        self._tool_calls = _ToolCalls()
-        self._whole = False  # the upstream's answer is whole
         # Batches read meanwhile are merged into one write only once the response
         # is written: what start() holds must stay one read, for backpressure.
         self._merging = False
@@ -1447,17 +1715,10 @@ class _Relay:
     def _output(self, deadline: float | None) -> object:
         """The next bytes to write; ``None`` if ``deadline`` came first; ``_END``."""
         while True:
-            if self._whole:
-                return _END
             events = self._next_events(deadline)
-            if events is None:
-                return None
-            if events is _END:
-                self._whole = True  # after the calls of a step that reported no end
-                events = self._tool_calls.flush()
-            else:
-                assert isinstance(events, list)
-                events = self._tool_calls.assemble(events)
+            if events is None or events is _END:
+                return events
+            assert isinstance(events, list)
             if self._hooks.want_events:
                 self._hooks.events(events)
             output = self._encoder.encode(events)
@@ -2074,10 +2335,13 @@ def sse_frames(
     *,
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
-    """Stream ``chunks`` as SSE: text events, refusals, ``finish``, usage, then
-    ``[DONE]``; a failure after the first byte as ``event: error``.
+    """Stream ``chunks`` as SSE: text events, then the named ones (reasoning,
+    refusals, tool calls and results, ``finish``), usage, then ``[DONE]``; a
+    failure after the first byte as ``event: error``.
 
     Waits up to ``keepalive_seconds`` for the first output and raises
     :class:`StreamError` if the upstream fails before it, so the view can still
@@ -2088,12 +2352,19 @@ def sse_frames(
     server's, e.g. ``environ["gunicorn.socket"]``) lets a client that leaves be
     noticed while the upstream is silent. Close the returned body (WSGI servers do)
     to end the stream.
+
+    With ``tools`` (offered to the model in the request ``chunks`` sends) and
+    ``follow_up``, the server runs the tools the model calls, streams their
+    results, and asks again with ``follow_up(steps)``, the request of the next
+    model call, in the same response (see :class:`Tools`, :class:`Step`).
     """
     return encoded_stream(
         chunks,
         SseEncoder(),
         keepalive_seconds=keepalive_seconds,
         client_socket=client_socket,
+        tools=tools,
+        follow_up=follow_up,
         **callbacks,
     )
 
@@ -2102,6 +2373,8 @@ def text_stream(
     chunks: Iterable[Any] | Opener,
     *,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
@@ -2112,10 +2385,15 @@ def text_stream(
     client that leaves while the request waits for its answer then cancels it. A
     later failure's exception makes the WSGI server drop the connection without the
     body's final chunk, so a client sees an error rather than a silently shortened
-    answer.
+    answer. ``tools`` run as for :func:`sse_frames`; only the text is written.
     """
     return encoded_stream(
-        chunks, TextEncoder(), client_socket=client_socket, **callbacks
+        chunks,
+        TextEncoder(),
+        client_socket=client_socket,
+        tools=tools,
+        follow_up=follow_up,
+        **callbacks,
     )
 
 
@@ -2125,6 +2403,8 @@ def encoded_stream(
     *,
     keepalive_seconds: float | None = None,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` in the wire protocol of ``encoder``: the relay under
@@ -2133,6 +2413,8 @@ def encoded_stream(
     ``keepalive_seconds`` applies when the encoder has a keep-alive; the rest is as
     for :func:`sse_frames`.
     """
+    if tools and follow_up is not None:
+        chunks = _ToolSteps(chunks, tools, follow_up)
     relay_class = _GreenRelay if _gevent_active() else _ThreadRelay
     relay = relay_class(
         chunks, encoder, keepalive_seconds, client_socket, _Hooks(**callbacks)
