@@ -110,7 +110,9 @@ __all__ = [
     "StreamSettings",
     "Text",
     "TextEncoder",
+    "ToolCall",
     "ToolCallDelta",
+    "ToolResult",
     "UpstreamFailed",
     "Usage",
     "check_request",
@@ -702,6 +704,34 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole tool call: sent once its step has ended, arguments exactly as the
+    model wrote them (not necessarily valid JSON)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool the server ran gave back for call ``id``: its ``output``, or the
+    ``error`` the model is told instead."""
+
+    id: str
+    output: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        if self.error is not None:
+            return {"id": self.id, "error": self.error}
+        return {"id": self.id, "output": self.output or ""}
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Why the answer (or one step of it) ended: ``stop``, ``length``, ..."""
 
@@ -732,7 +762,17 @@ class Error:
     type: str
 
 
-Event = Text | Reasoning | Refusal | ToolCallDelta | Finish | Usage | Error
+Event = (
+    Text
+    | Reasoning
+    | Refusal
+    | ToolCallDelta
+    | ToolCall
+    | ToolResult
+    | Finish
+    | Usage
+    | Error
+)
 
 
 # --- Decoding: every upstream dialect into events -----------------------------------
@@ -772,6 +812,9 @@ def _chunk_events(chunk: Any, secrets: tuple[str, ...] = ()) -> list[Event]:
             _message_events(message, events)
         else:
             _add_text(Text, _field(choice, "text"), events)
+        reason = _field(choice, "finish_reason")
+        if reason and isinstance(reason, str):
+            events.append(Finish(reason))
     usage = _field(chunk, "usage")
     if usage:
         events.append(_usage(usage, "prompt_tokens", "completion_tokens"))
@@ -816,6 +859,13 @@ def _responses_events(kind: str, event: Any, secrets: tuple[str, ...]) -> list[E
         return [Refusal(delta)]
     if kind in _RESPONSES_REASONING and delta and isinstance(delta, str):
         return [Reasoning(delta)]
+    if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
+        index = _field(event, "output_index")
+        return [
+            ToolCallDelta(index if isinstance(index, int) else 0, None, None, delta)
+        ]
+    if kind in _RESPONSES_ITEM_EVENTS:
+        return _function_call_events(kind, event)
     response = _field(event, "response")
     if kind in ("response.failed", "error"):
         error = _field(response, "error") or event
@@ -824,12 +874,35 @@ def _responses_events(kind: str, event: Any, secrets: tuple[str, ...]) -> list[E
     if kind == "response.incomplete":  # cut short: never mistaken for a whole answer
         reason = _field(_field(response, "incomplete_details"), "reason")
         events.append(Finish(_INCOMPLETE_REASONS.get(reason, str(reason or kind))))
+    elif kind == "response.completed":
+        calls = any(
+            _field(item, "type") == "function_call"
+            for item in _field(response, "output") or ()
+        )
+        events.append(Finish("tool_calls" if calls else "stop"))
     usage = _field(response, "usage")
     if kind in _RESPONSES_ENDS and usage:
         events.append(_usage(usage, "input_tokens", "output_tokens"))
     return events
 
 
+def _function_call_events(kind: str, event: Any) -> list[Event]:
+    """A Responses function call: its start (id and name), or the whole call."""
+    item = _field(event, "item")
+    if _field(item, "type") != "function_call":
+        return []
+    call_id = str(_field(item, "call_id") or _field(item, "id") or "")
+    name = str(_field(item, "name") or "")
+    arguments = _field(item, "arguments")
+    arguments = arguments if isinstance(arguments, str) else ""
+    if kind == "response.output_item.done":
+        return [ToolCall(call_id, name, arguments)]
+    index = _field(event, "output_index")
+    index = index if isinstance(index, int) else 0
+    return [ToolCallDelta(index, call_id or None, name or None, arguments)]
+
+
+_RESPONSES_ITEM_EVENTS = ("response.output_item.added", "response.output_item.done")
 _RESPONSES_REASONING = (
     "response.reasoning_summary_text.delta",
     "response.reasoning_text.delta",
@@ -849,6 +922,54 @@ def _ends_answer(chunk: Any) -> bool:
     return isinstance(choices, list) and any(
         _field(choice, "finish_reason") for choice in choices
     )
+
+
+class _ToolCalls:
+    """Assembles chat's tool call fragments into whole :class:`ToolCall` events.
+
+    Fragments are keyed by ``index`` (parallel calls interleave) and may come in
+    any order: the id in one, the name split over several, or late, or repeated
+    whole. The calls of a step go out when it ends, in index order, just before
+    its :class:`Finish` (or at the end of the stream, when it reports none). A
+    Responses API call arrives whole (``response.output_item.done``) and replaces
+    the fragments of the same id.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, list[str]] = {}  # index: [id, name, arguments]
+
+    def assemble(self, events: list[Event]) -> list[Event]:
+        if not self._pending and not any(type(e) in _STEP_EVENTS for e in events):
+            return events
+        out: list[Event] = []
+        for event in events:
+            match event:
+                case ToolCallDelta(index, id, name, arguments):
+                    call = self._pending.setdefault(index, ["", "", ""])
+                    call[0] = call[0] or id or ""
+                    if name and name != call[1]:  # not a repeat of the whole name
+                        call[1] += name
+                    call[2] += arguments
+                case ToolCall(id):
+                    self._pending = {
+                        i: c for i, c in self._pending.items() if c[0] != id
+                    }
+                case Finish():
+                    out.extend(self.flush())
+            out.append(event)
+        return out
+
+    def flush(self) -> list[Event]:
+        """The calls not sent yet, whole: the step (or the stream) ended."""
+        calls: list[Event] = [
+            ToolCall(id or f"call_{index}", name, arguments)
+            for index, (id, name, arguments) in sorted(self._pending.items())
+        ]
+        self._pending = {}
+        return calls
+
+
+_STEP_EVENTS = frozenset({ToolCallDelta, ToolCall, Finish})
 
 
 def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
@@ -1037,30 +1158,51 @@ def sse_event(text: str, event: str | None = None) -> bytes:
 
 
 class SseEncoder:
-    """The SSE routes' events: text unnamed, the rest named, then ``[DONE]``."""
+    """The SSE routes' events: text unnamed, the rest named, then the usage of
+    every step summed and ``[DONE]``."""
 
     keepalive: bytes | None = _KEEPALIVE
+
+    def __init__(self) -> None:
+        self._usage: Usage | None = None
 
     def encode(self, events: Iterable[Event]) -> bytes:
         return b"".join(map(self._frame, events))
 
     def end(self) -> bytes:
-        return _DONE
+        if self._usage is None:
+            return _DONE
+        return _named_event("usage", self._usage.as_dict()) + _DONE
 
-    @staticmethod
-    def _frame(event: Event) -> bytes:
+    def _frame(self, event: Event) -> bytes:
         match event:
             case Text(text):
                 return sse_event(text)
+            case Reasoning(text):
+                return sse_event(text, "reasoning")
             case Refusal(text):
                 return sse_event(text, "refusal")
+            case ToolCall():
+                return _named_event("tool_call", event.as_dict())
+            case ToolResult():
+                return _named_event("tool_result", event.as_dict())
             case Finish(reason):
                 return _named_event("finish", {"reason": reason})
-            case Usage():
-                return _named_event("usage", event.as_dict())
+            case Usage():  # sent at the end: after the last step's finish
+                self._usage = _added(self._usage, event)
             case Error(message, type):
                 return _named_event("error", {"message": message, "type": type})
-        return b""  # reasoning and tool calls are not written yet
+        return b""  # a tool call's fragments: the whole call is sent
+
+
+def _added(total: Usage | None, usage: Usage) -> Usage:
+    if total is None:
+        return usage
+    return Usage(
+        total.prompt_tokens + usage.prompt_tokens,
+        total.completion_tokens + usage.completion_tokens,
+        total.total_tokens + usage.total_tokens,
+    )
 
 
 class TextEncoder:
@@ -1104,8 +1246,10 @@ class Callbacks(TypedDict, total=False):
 
     ``on_token`` and ``on_completion`` (the whole text, at a normal end) get the
     answer's text, not refusals; ``on_usage`` a dict with ``prompt_tokens``,
-    ``completion_tokens``, ``total_tokens``; ``on_error`` the exception of a failed
-    stream (not of a client that left).
+    ``completion_tokens``, ``total_tokens``, once per model call; ``on_error`` the
+    exception of a failed stream (not of a client that left). ``on_event`` gets
+    every typed event in order (reasoning, tool calls and their fragments, tool
+    results, finish reasons, usage, errors): the one hook for everything else.
     """
 
     on_start: Callable[[], object]
@@ -1113,6 +1257,7 @@ class Callbacks(TypedDict, total=False):
     on_completion: Callable[[str], object]
     on_usage: Callable[[dict[str, int]], object]
     on_error: Callable[[BaseException], object]
+    on_event: Callable[[Event], object]
 
 
 class _Hooks:
@@ -1125,14 +1270,18 @@ class _Hooks:
         on_completion: Callable[[str], object] | None = None,
         on_usage: Callable[[dict[str, int]], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
+        on_event: Callable[[Event], object] | None = None,
     ) -> None:
         self.on_start, self.on_token, self.on_usage = on_start, on_token, on_usage
         self.on_completion, self.on_error = on_completion, on_error
-        self.want_events = bool(on_token or on_completion or on_usage)
+        self.on_event = on_event
+        self.want_events = bool(on_token or on_completion or on_usage or on_event)
         self._parts: list[str] = []  # kept only when on_completion wants the text
 
     def events(self, events: list[Event]) -> None:
         for event in events:
+            if self.on_event:
+                self.on_event(event)
             match event:
                 case Text(text):
                     if self.on_token:
@@ -1226,6 +1375,8 @@ class _Relay:
         self._silent_start = False  # start() waited a whole interval for output
         self._gone = False  # the client left before the first output
         self._started = False
+        self._tool_calls = _ToolCalls()
+        self._whole = False  # the upstream's answer is whole
         # Batches read meanwhile are merged into one write only once the response
         # is written: what start() holds must stay one read, for backpressure.
         self._merging = False
@@ -1296,10 +1447,17 @@ class _Relay:
     def _output(self, deadline: float | None) -> object:
         """The next bytes to write; ``None`` if ``deadline`` came first; ``_END``."""
         while True:
+            if self._whole:
+                return _END
             events = self._next_events(deadline)
-            if events is None or events is _END:
-                return events
-            assert isinstance(events, list)
+            if events is None:
+                return None
+            if events is _END:
+                self._whole = True  # after the calls of a step that reported no end
+                events = self._tool_calls.flush()
+            else:
+                assert isinstance(events, list)
+                events = self._tool_calls.assemble(events)
             if self._hooks.want_events:
                 self._hooks.events(events)
             output = self._encoder.encode(events)
