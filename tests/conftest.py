@@ -69,6 +69,16 @@ IDENTIFIED = {
     "OPENAI_PROJECT_ID": PROJECT,
     "STREAM_MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
 }
+# The configurations "tools" and "tools-responses": the server runs tests/tools.py's
+# functions, a hanging one is given up after a second, and keep-alives come often
+# enough to be seen while a tool runs.
+TOOLS_KEEPALIVE_SECONDS = 0.2
+TOOLS = {
+    "STREAM_TOOLS": "tests.tools.add,tests.tools.broken,tests.tools.slow",
+    "STREAM_MAX_STEPS": "3",
+    "STREAM_TOOL_TIMEOUT_SECONDS": "1",
+    "STREAM_KEEPALIVE_SECONDS": str(TOOLS_KEEPALIVE_SECONDS),
+}
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Keys that look like nothing a pattern could recognise: only their values can be
 # redacted. Each one is the key of the configuration ``key-NAME``.
@@ -133,7 +143,10 @@ class ServerPool:
             del env["OPENAI_API_KEY"]
         if upstream.ca_file:
             env["SSL_CERT_FILE"] = str(upstream.ca_file)
-        if config.endswith("responses"):  # "responses" and "identified-responses"
+        if config.startswith("tools"):  # "tools" and "tools-responses"
+            env.update(TOOLS)
+        # "responses", "identified-responses" and "tools-responses"
+        if config.endswith("responses"):
             env["OPENAI_CHAT_API"] = "responses"
         if config.startswith("identified"):
             env.update(IDENTIFIED)

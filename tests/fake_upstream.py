@@ -60,6 +60,43 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """A reasoning model's thinking. Chat: ``delta.<field>``, where ``field`` is
+    ``reasoning_content`` (DeepSeek, older vLLM) or ``reasoning`` (vLLM, Ollama,
+    OpenRouter). Responses: ``response.reasoning_summary_text.delta`` (``summary``)
+    or ``response.reasoning_text.delta`` (raw thinking, as vLLM sends it)."""
+
+    delta: str
+    field: str = "reasoning_content"
+    summary: bool = True
+
+
+@dataclass(frozen=True)
+class ToolCallFragment:
+    """Chat only: one ``delta.tool_calls`` fragment, with only the parts given
+    (``index=None`` leaves the index out, as some providers do)."""
+
+    index: int | None
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """A whole tool call, in each API's shape. Chat: two ``delta.tool_calls``
+    fragments at the next index (id and name with the first half of the arguments,
+    then the rest). Responses: ``response.output_item.added``, the arguments in two
+    ``response.function_call_arguments.delta`` events, ``.done``, and
+    ``response.output_item.done``; ``Done()`` then lists the call in the
+    ``response.completed`` output, as OpenAI does."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Finish:
     """Chat/completions: a chunk with ``finish_reason``; Responses: the end of the
     answer, ``response.incomplete`` with this ``incomplete_details.reason`` (and the
@@ -144,7 +181,10 @@ class ErrorEvent:
 
 Step = (
     Text
+    | Reasoning
     | Refusal
+    | ToolCallFragment
+    | FunctionCall
     | Finish
     | Usage
     | Done
@@ -240,6 +280,7 @@ class _Encoder:
         self.kind, self.model, self.seq = kind, model, 0
         self.received_key = received_key
         self.usage: Usage | None = None
+        self.calls: list[dict[str, Any]] = []  # FunctionCall items sent so far
         chat = kind == "chat"
         self.head: dict[str, Any] = {
             "id": "chatcmpl-fake" if chat else "cmpl-fake",
@@ -275,10 +316,80 @@ class _Encoder:
             "response.created",
         )
 
+    def chat_delta(self, delta: dict[str, Any]) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        return self.sse({**self.head, "choices": [choice]})
+
+    def fragment(self, step: ToolCallFragment) -> bytes:
+        call: dict[str, Any] = {"type": "function", "function": {}}
+        if step.index is not None:
+            call["index"] = step.index
+        if step.id is not None:
+            call["id"] = step.id
+        if step.name is not None:
+            call["function"]["name"] = step.name
+        call["function"]["arguments"] = step.arguments
+        return self.chat_delta({"tool_calls": [call]})
+
+    def function_call(self, step: FunctionCall) -> bytes:
+        index, half = len(self.calls), len(step.arguments) // 2
+        head, rest = step.arguments[:half], step.arguments[half:]
+        item = {
+            "type": "function_call",
+            "id": f"fc_{step.call_id}",
+            "call_id": step.call_id,
+            "name": step.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
+        whole = {**item, "arguments": step.arguments, "status": "completed"}
+        self.calls.append(whole)
+        if self.kind == "chat":
+            first = ToolCallFragment(index, step.call_id, step.name, head)
+            return self.fragment(first) + self.fragment(
+                ToolCallFragment(index, None, None, rest)
+            )
+        # Output 0 is the message of Text steps.
+        at = {"output_index": index + 1}
+        where = {"item_id": item["id"], **at}
+        return b"".join(
+            [
+                self.event("response.output_item.added", **at, item=item),
+                self.event(
+                    "response.function_call_arguments.delta", **where, delta=head
+                ),
+                self.event(
+                    "response.function_call_arguments.delta", **where, delta=rest
+                ),
+                self.event(
+                    "response.function_call_arguments.done",
+                    **where,
+                    arguments=step.arguments,
+                ),
+                self.event("response.output_item.done", **at, item=whole),
+            ]
+        )
+
     def encode(self, step: Step) -> bytes:
         match step, self.kind:
             case Raw(data), _:
                 return data
+            case Reasoning(delta, _, summary), "responses":
+                kind = "reasoning_summary_text" if summary else "reasoning_text"
+                extra = {"summary_index": 0} if summary else {"content_index": 0}
+                return self.event(
+                    f"response.{kind}.delta",
+                    item_id="rs_fake",
+                    output_index=0,
+                    **extra,
+                    delta=delta,
+                )
+            case Reasoning(delta, field), "chat":
+                return self.chat_delta({field: delta})
+            case ToolCallFragment(), "chat":
+                return self.fragment(step)
+            case FunctionCall(), "chat" | "responses":
+                return self.function_call(step)
             case ErrorEvent(message, kind), _:
                 message = message.replace(RECEIVED_KEY, self.received_key)
                 return self.sse({"error": {"message": message, "type": kind}})
@@ -344,6 +455,7 @@ class _Encoder:
             case Done(), "responses":
                 usage = _tokens(self.usage, "input_tokens", "output_tokens")
                 final = {**self.response("completed"), "usage": usage}
+                final["output"] = list(self.calls)
                 return self.event("response.completed", response=final)
             case Done(), _:
                 return b"data: [DONE]\n\n"
