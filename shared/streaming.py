@@ -1312,7 +1312,7 @@ class Tools:
     def __bool__(self) -> bool:
         return bool(self.functions)
 
-    def definitions(self, api: str = "chat") -> list[dict[str, Any]]:
+    def definitions(self, api: str = "chat") -> list[Any]:
         """The ``tools`` of a request: Chat Completions' shape, or ``"responses"``'."""
         tools = []
         for name, function in self.functions.items():
