@@ -240,7 +240,7 @@ class _CallLedger:
         if call_id in self._answered_by:
             raise StreamError(
                 400,
-                f"{where}.id {call_id!r} is the id of an earlier call: give each "
+                f"{where}.id {_short(call_id)} is the id of an earlier call: give each "
                 "call its own id.",
             )
         self._answered_by[call_id] = None
@@ -256,8 +256,8 @@ class _CallLedger:
         if earlier is not None:
             raise StreamError(
                 400,
-                f"messages[{index}].tool_call_id {call_id!r} was already answered "
-                f"by messages[{earlier}]: answer each call once.",
+                f"messages[{index}].tool_call_id {_short(call_id)} was already "
+                f"answered by messages[{earlier}]: answer each call once.",
             )
         self._answered_by[call_id] = index
 
@@ -293,8 +293,8 @@ def _refuse_tool_keys_of_other_roles(
         if role != owner and message.get(key) is not None:
             raise StreamError(
                 400,
-                f"messages[{index}].{key} belongs in a {owner!r} message, "
-                f"not in a {role!r} one.",
+                f"messages[{index}].{key} belongs only in a message of role "
+                f"{owner!r}, not {role!r}.",
             )
 
 

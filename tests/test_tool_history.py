@@ -201,7 +201,8 @@ BAD_HISTORIES = [
     ),
     pytest.param(
         [{**ASK, "tool_calls": CALLING["tool_calls"]}],
-        "messages[1].tool_calls belongs in a 'assistant' message, not in a 'user' one.",
+        "messages[1].tool_calls belongs only in a message of role 'assistant', "
+        "not 'user'.",
         id="calls-in-a-user-message",
     ),
 ]

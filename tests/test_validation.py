@@ -536,20 +536,20 @@ NAME_RULE = "must match [a-zA-Z0-9_-]{1,64} (letters, digits, '_' and '-')"
         ),
         pytest.param(
             [{**ASK, "tool_calls": [call()]}],
-            "messages[0].tool_calls belongs in a 'assistant' message, not in a "
-            "'user' one.",
+            "messages[0].tool_calls belongs only in a message of role "
+            "'assistant', not 'user'.",
             id="calls-in-a-user-message",
         ),
         pytest.param(
             [ASK, CALLING, {**answer(), "tool_calls": [call("b")]}],
-            "messages[2].tool_calls belongs in a 'assistant' message, not in a "
-            "'tool' one.",
+            "messages[2].tool_calls belongs only in a message of role "
+            "'assistant', not 'tool'.",
             id="calls-in-a-tool-message",
         ),
         pytest.param(
             [ASK, {**CALLING, "tool_call_id": "call_1"}],
-            "messages[1].tool_call_id belongs in a 'tool' message, not in a "
-            "'assistant' one.",
+            "messages[1].tool_call_id belongs only in a message of role "
+            "'tool', not 'assistant'.",
             id="call-id-in-an-assistant-message",
         ),
         pytest.param(
