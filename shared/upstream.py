@@ -13,6 +13,7 @@ import functools
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +24,7 @@ from openai.types.responses import ResponseInputItemParam
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import Opener
+from shared.streaming import FollowUp, Opener, Step, Tools
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ _POST = FinalRequestOptions.construct(
 )
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a route streams: the first model call's request, and with tools the
+    next ones' (the keyword arguments of ``sse_frames`` and ``text_stream``)."""
+
+    opener: Opener
+    tools: Tools | None = None
+    follow_up: FollowUp | None = None
+
+
 class Upstream:
     """The requests of streamed completions for the routes, per the settings.
 
@@ -47,8 +58,9 @@ class Upstream:
     leaves meanwhile cancels the request.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tools: Tools | None = None) -> None:
         self.settings = settings
+        self.tools = tools or Tools(())
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
         if settings.uses_demo:
@@ -95,6 +107,7 @@ class Upstream:
     def chat_opener(self, messages: Messages) -> Opener:
         """A chat answer's stream, through Chat Completions or the Responses API."""
         settings = self.settings
+        tools = self._offered(settings.chat_api)
         if settings.chat_api == "responses":
             return self._opener(
                 "/responses",
@@ -102,6 +115,7 @@ class Upstream:
                 stream=True,
                 input=responses_input(messages),
                 **self._output_cap("max_output_tokens"),
+                **tools,
             )
         return self._opener(
             "/chat/completions",
@@ -110,7 +124,28 @@ class Upstream:
             messages=messages,
             **self._output_cap("max_completion_tokens"),
             stream_options={"include_usage": True},
+            **tools,
         )
+
+    def chat(self, messages: Messages) -> Answer:
+        """A chat answer: its first model call, and the next ones after tools ran."""
+        if not self.tools:
+            return Answer(self.chat_opener(messages))
+
+        def follow_up(steps: Sequence[Step]) -> Opener:
+            # As Chat Completions messages whichever the API: chat_opener converts
+            # the whole conversation for the Responses API, the client's part too.
+            added = [message for step in steps for message in step.chat_messages()]
+            return self.chat_opener([*messages, *added])
+
+        return Answer(self.chat_opener(messages), self.tools, follow_up)
+
+    def completion(self, prompt: str) -> Answer:
+        """A legacy completion (no tools: the legacy API has none)."""
+        return Answer(self.completion_opener(prompt))
+
+    def _offered(self, api: str) -> dict[str, Any]:
+        return {"tools": self.tools.definitions(api)} if self.tools else {}
 
     def completion_opener(self, prompt: str) -> Opener:
         """A legacy completion's stream, for ``prompt``."""
