@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from shared.upstream import responses_input
+from shared.config import Settings
+from shared.streaming import Step, ToolCall, ToolResult, Tools
+from shared.upstream import Upstream, responses_input
 from tests.client import error_of, parse_sse, post_json, texts
 from tests.conftest import MAX_PROMPT_CHARS, ServerPool
 from tests.fake_upstream import Done, FakeUpstream, Text
@@ -100,6 +102,31 @@ def test_assistant_text_is_an_item_only_when_there_is_some() -> None:
     assert responses_input([{"role": "assistant", "content": ""}]) == [
         {"role": "assistant", "content": ""}
     ]
+
+
+def current_time(tz: str) -> str:
+    """The time in a time zone."""
+    return "12:00"
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_the_tool_loop_sends_the_history_and_its_steps_in_the_apis_shape(
+    api: str,
+) -> None:
+    """The loop's next request: the client's history, then each step, converted
+    alike (the core's own ``Step`` conversion agrees)."""
+    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_CHAT_API": api}
+    upstream = Upstream(Settings.from_env(environ), Tools([current_time]))
+    sent = history("[[marker]]")
+    answer = upstream.chat(sent)
+    assert answer.follow_up is not None
+    step = Step("", [ToolCall("c9", "current_time", "{}")], [ToolResult("c9", "1")])
+    opener = answer.follow_up([step])
+    body = opener.args[1].json_data  # type: ignore[attr-defined]
+    if api == "responses":
+        assert body["input"] == [*items("[[marker]]"), *step.responses_input()]
+    else:
+        assert body["messages"] == [*sent, *step.chat_messages()]
 
 
 @pytest.fixture(params=ALL_KINDS, ids=lambda kind: kind.name)
