@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
+from openai.types.responses import ResponseInputItemParam
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
@@ -28,7 +29,9 @@ from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, Any]]
+# Chat Completions messages, as ``shared.validation`` checks them: text, assistant
+# ``tool_calls`` and ``tool`` answers.
+Messages = Sequence[Mapping[str, Any]]
 # The options of every stream's request but its path and body, as ``create()`` sets
 # them: a POST that carries the API key.
 _POST = FinalRequestOptions.construct(
@@ -110,7 +113,7 @@ class Upstream:
                 "/responses",
                 model=settings.model,
                 stream=True,
-                input=messages,
+                input=responses_input(messages),
                 **self._output_cap("max_output_tokens"),
                 **tools,
             )
@@ -130,10 +133,9 @@ class Upstream:
             return Answer(self.chat_opener(messages))
 
         def follow_up(steps: Sequence[Step]) -> Opener:
-            if self.settings.chat_api == "responses":
-                added = [item for step in steps for item in step.responses_input()]
-            else:
-                added = [message for step in steps for message in step.chat_messages()]
+            # As Chat Completions messages whichever the API: chat_opener converts
+            # the whole conversation for the Responses API, the client's part too.
+            added = [message for step in steps for message in step.chat_messages()]
             return self.chat_opener([*messages, *added])
 
         return Answer(self.chat_opener(messages), self.tools, follow_up)
@@ -184,6 +186,41 @@ class Upstream:
         """
         cap = self.settings.max_output_tokens
         return {} if cap is None else {name: cap}
+
+
+def responses_input(messages: Messages) -> list[ResponseInputItemParam]:
+    """Chat messages as the Responses API's input items, in the same order.
+
+    The Responses API has no ``tool_calls`` or ``tool`` role: each call is a
+    ``function_call`` item after its assistant message's text (none when the text is
+    null or empty), and each answer a ``function_call_output`` item.
+    """
+    return [item for message in messages for item in _input_items(message)]
+
+
+def _input_items(message: Mapping[str, Any]) -> list[ResponseInputItemParam]:
+    if message["role"] == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "call_id": message["tool_call_id"],
+                "output": message["content"],
+            }
+        ]
+    calls = message.get("tool_calls") or []
+    items: list[ResponseInputItemParam] = []
+    if message["content"] or not calls:
+        items.append({"role": message["role"], "content": message["content"]})
+    items.extend(
+        {
+            "type": "function_call",
+            "call_id": call["id"],
+            "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"],
+        }
+        for call in calls
+    )
+    return items
 
 
 class LeanHttpClient(openai.DefaultHttpxClient):
