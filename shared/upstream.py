@@ -20,11 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
-from openai.types.responses import ResponseInputItemParam
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import FollowUp, Opener, Step, Tools
+from shared.streaming import FollowUp, Opener, Step, Tools, responses_input
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
@@ -186,41 +185,6 @@ class Upstream:
         """
         cap = self.settings.max_output_tokens
         return {} if cap is None else {name: cap}
-
-
-def responses_input(messages: Messages) -> list[ResponseInputItemParam]:
-    """Chat messages as the Responses API's input items, in the same order.
-
-    The Responses API has no ``tool_calls`` or ``tool`` role: each call is a
-    ``function_call`` item after its assistant message's text (none when the text is
-    null or empty), and each answer a ``function_call_output`` item.
-    """
-    return [item for message in messages for item in _input_items(message)]
-
-
-def _input_items(message: Mapping[str, Any]) -> list[ResponseInputItemParam]:
-    if message["role"] == "tool":
-        return [
-            {
-                "type": "function_call_output",
-                "call_id": message["tool_call_id"],
-                "output": message["content"],
-            }
-        ]
-    calls = message.get("tool_calls") or []
-    items: list[ResponseInputItemParam] = []
-    if message["content"] or not calls:
-        items.append({"role": message["role"], "content": message["content"]})
-    items.extend(
-        {
-            "type": "function_call",
-            "call_id": call["id"],
-            "name": call["function"]["name"],
-            "arguments": call["function"]["arguments"],
-        }
-        for call in calls
-    )
-    return items
 
 
 class LeanHttpClient(openai.DefaultHttpxClient):

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from shared.config import Settings
-from shared.streaming import Step, ToolCall, ToolResult, Tools
-from shared.upstream import Upstream, responses_input
+from shared.streaming import Step, ToolCall, ToolResult, Tools, responses_input
+from shared.upstream import Upstream
 from tests.client import error_of, parse_sse, post_json, texts
 from tests.conftest import MAX_PROMPT_CHARS, ServerPool
 from tests.fake_upstream import Done, FakeUpstream, Text
