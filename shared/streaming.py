@@ -966,8 +966,12 @@ class _ToolCalls:
         self._pending: dict[int, list[str]] = {}  # index: [id, name, arguments]
 
     def assemble(self, events: list[Event]) -> list[Event]:
-        if not self._pending and not any(type(e) in _STEP_EVENTS for e in events):
-            return events
+        if not self._pending:
+            for event in events:
+                if type(event) in _STEP_EVENTS:
+                    break
+            else:
+                return events  # text alone: the common case, kept cheap
         out: list[Event] = []
         for event in events:
             match event:
@@ -1136,14 +1140,14 @@ class _SseDecoder:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
                     self.done = True
-                    events += self._calls.flush()
                     break
                 chunk = _json_chunk(payload)
-                events += self._calls.assemble(_chunk_events(chunk, self._secrets))
+                events += _chunk_events(chunk, self._secrets)
                 self._ended = self._ended or _ends_answer(chunk)
         except UpstreamFailed as exc:
             self._failure = exc  # raised next time, after what came before it
-        return events
+        events = self._calls.assemble(events)
+        return events + self._calls.flush() if self.done else events
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
