@@ -61,6 +61,7 @@ Deliberate choices a reader might want to "fix":
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -76,7 +77,14 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -106,11 +114,15 @@ __all__ = [
     "Reasoning",
     "Refusal",
     "SseEncoder",
+    "Step",
     "StreamError",
     "StreamSettings",
     "Text",
     "TextEncoder",
+    "ToolCall",
     "ToolCallDelta",
+    "ToolResult",
+    "Tools",
     "UpstreamFailed",
     "Usage",
     "check_request",
@@ -143,6 +155,8 @@ DEFAULT_MAX_PROMPT_CHARS = 32_000
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_UPSTREAM_TIMEOUT_SECONDS = 60.0
 DEFAULT_UPSTREAM_MAX_RETRIES = 2  # the openai SDK's own default
+DEFAULT_MAX_STEPS = 5  # model calls per answer, when tools run
+DEFAULT_TOOL_TIMEOUT_SECONDS = 30.0
 # Past these a setting is a typo (or nan/inf), not a choice.
 MAX_SECONDS = 86_400  # a day
 MAX_CHARS_OR_TOKENS = 100_000_000  # far past any model's context window
@@ -702,6 +716,34 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole tool call: sent once its step has ended, arguments exactly as the
+    model wrote them (not necessarily valid JSON)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool the server ran gave back for call ``id``: its ``output``, or the
+    ``error`` the model is told instead."""
+
+    id: str
+    output: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        if self.error is not None:
+            return {"id": self.id, "error": self.error}
+        return {"id": self.id, "output": self.output or ""}
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """Why the answer (or one step of it) ended: ``stop``, ``length``, ..."""
 
@@ -732,7 +774,17 @@ class Error:
     type: str
 
 
-Event = Text | Reasoning | Refusal | ToolCallDelta | Finish | Usage | Error
+Event = (
+    Text
+    | Reasoning
+    | Refusal
+    | ToolCallDelta
+    | ToolCall
+    | ToolResult
+    | Finish
+    | Usage
+    | Error
+)
 
 
 # --- Decoding: every upstream dialect into events -----------------------------------
@@ -772,6 +824,9 @@ def _chunk_events(chunk: Any, secrets: tuple[str, ...] = ()) -> list[Event]:
             _message_events(message, events)
         else:
             _add_text(Text, _field(choice, "text"), events)
+        reason = _field(choice, "finish_reason")
+        if reason and isinstance(reason, str):
+            events.append(Finish(reason))
     usage = _field(chunk, "usage")
     if usage:
         events.append(_usage(usage, "prompt_tokens", "completion_tokens"))
@@ -816,6 +871,13 @@ def _responses_events(kind: str, event: Any, secrets: tuple[str, ...]) -> list[E
         return [Refusal(delta)]
     if kind in _RESPONSES_REASONING and delta and isinstance(delta, str):
         return [Reasoning(delta)]
+    if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
+        index = _field(event, "output_index")
+        return [
+            ToolCallDelta(index if isinstance(index, int) else 0, None, None, delta)
+        ]
+    if kind in _RESPONSES_ITEM_EVENTS:
+        return _function_call_events(kind, event)
     response = _field(event, "response")
     if kind in ("response.failed", "error"):
         error = _field(response, "error") or event
@@ -824,12 +886,35 @@ def _responses_events(kind: str, event: Any, secrets: tuple[str, ...]) -> list[E
     if kind == "response.incomplete":  # cut short: never mistaken for a whole answer
         reason = _field(_field(response, "incomplete_details"), "reason")
         events.append(Finish(_INCOMPLETE_REASONS.get(reason, str(reason or kind))))
+    elif kind == "response.completed":
+        calls = any(
+            _field(item, "type") == "function_call"
+            for item in _field(response, "output") or ()
+        )
+        events.append(Finish("tool_calls" if calls else "stop"))
     usage = _field(response, "usage")
     if kind in _RESPONSES_ENDS and usage:
         events.append(_usage(usage, "input_tokens", "output_tokens"))
     return events
 
 
+def _function_call_events(kind: str, event: Any) -> list[Event]:
+    """A Responses function call: its start (id and name), or the whole call."""
+    item = _field(event, "item")
+    if _field(item, "type") != "function_call":
+        return []
+    call_id = str(_field(item, "call_id") or _field(item, "id") or "")
+    name = str(_field(item, "name") or "")
+    arguments = _field(item, "arguments")
+    arguments = arguments if isinstance(arguments, str) else ""
+    if kind == "response.output_item.done":
+        return [ToolCall(call_id, name, arguments)]
+    index = _field(event, "output_index")
+    index = index if isinstance(index, int) else 0
+    return [ToolCallDelta(index, call_id or None, name or None, arguments)]
+
+
+_RESPONSES_ITEM_EVENTS = ("response.output_item.added", "response.output_item.done")
 _RESPONSES_REASONING = (
     "response.reasoning_summary_text.delta",
     "response.reasoning_text.delta",
@@ -849,6 +934,54 @@ def _ends_answer(chunk: Any) -> bool:
     return isinstance(choices, list) and any(
         _field(choice, "finish_reason") for choice in choices
     )
+
+
+class _ToolCalls:
+    """Assembles chat's tool call fragments into whole :class:`ToolCall` events.
+
+    Fragments are keyed by ``index`` (parallel calls interleave) and may come in
+    any order: the id in one, the name split over several, or late, or repeated
+    whole. The calls of a step go out when it ends, in index order, just before
+    its :class:`Finish` (or at the end of the stream, when it reports none). A
+    Responses API call arrives whole (``response.output_item.done``) and replaces
+    the fragments of the same id.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, list[str]] = {}  # index: [id, name, arguments]
+
+    def assemble(self, events: list[Event]) -> list[Event]:
+        if not self._pending and not any(type(e) in _STEP_EVENTS for e in events):
+            return events
+        out: list[Event] = []
+        for event in events:
+            match event:
+                case ToolCallDelta(index, id, name, arguments):
+                    call = self._pending.setdefault(index, ["", "", ""])
+                    call[0] = call[0] or id or ""
+                    if name and name != call[1]:  # not a repeat of the whole name
+                        call[1] += name
+                    call[2] += arguments
+                case ToolCall(id):
+                    self._pending = {
+                        i: c for i, c in self._pending.items() if c[0] != id
+                    }
+                case Finish():
+                    out.extend(self.flush())
+            out.append(event)
+        return out
+
+    def flush(self) -> list[Event]:
+        """The calls not sent yet, whole: the step (or the stream) ended."""
+        calls: list[Event] = [
+            ToolCall(id or f"call_{index}", name, arguments)
+            for index, (id, name, arguments) in sorted(self._pending.items())
+        ]
+        self._pending = {}
+        return calls
+
+
+_STEP_EVENTS = frozenset({ToolCallDelta, ToolCall, Finish})
 
 
 def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage:
@@ -875,9 +1008,23 @@ def _decode(
             read = next(iterator, None)
             yield decoder.feed(read) if read is not None else decoder.end()
         return
-    yield _chunk_events(first, secrets)
+    if isinstance(first, _Decoded):  # an answer of several model calls
+        yield first.events
+        for decoded in iterator:
+            yield decoded.events
+        return
+    calls = _ToolCalls()
+    yield calls.assemble(_chunk_events(first, secrets))
     for chunk in iterator:
-        yield _chunk_events(chunk, secrets)
+        yield calls.assemble(_chunk_events(chunk, secrets))
+    yield calls.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """Events decoded already: what an answer of several model calls yields."""
+
+    events: list[Event]
 
 
 class _SseDecoder:
@@ -908,6 +1055,7 @@ class _SseDecoder:
         self._head: bytearray | None = bytearray()  # until the first event
         self._ended = False  # a finish reason or a terminal event came
         self._failure: UpstreamFailed | None = None
+        self._calls = _ToolCalls()
 
     def feed(self, read: bytes) -> list[Event]:
         """The events that ``read`` completed."""
@@ -918,7 +1066,7 @@ class _SseDecoder:
         """The body ended: the last event, if it lacked its blank line."""
         self._raise_failure()
         self.done = True
-        events = self._events(self.flush())
+        events = self._events(self.flush()) + self._calls.flush()
         self._raise_failure()
         if not self._ended:
             head = bytes(self._head or b"")
@@ -973,9 +1121,10 @@ class _SseDecoder:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
                     self.done = True
+                    events += self._calls.flush()
                     break
                 chunk = _json_chunk(payload)
-                events += _chunk_events(chunk, self._secrets)
+                events += self._calls.assemble(_chunk_events(chunk, self._secrets))
                 self._ended = self._ended or _ends_answer(chunk)
         except UpstreamFailed as exc:
             self._failure = exc  # raised next time, after what came before it
@@ -1037,30 +1186,51 @@ def sse_event(text: str, event: str | None = None) -> bytes:
 
 
 class SseEncoder:
-    """The SSE routes' events: text unnamed, the rest named, then ``[DONE]``."""
+    """The SSE routes' events: text unnamed, the rest named, then the usage of
+    every step summed and ``[DONE]``."""
 
     keepalive: bytes | None = _KEEPALIVE
+
+    def __init__(self) -> None:
+        self._usage: Usage | None = None
 
     def encode(self, events: Iterable[Event]) -> bytes:
         return b"".join(map(self._frame, events))
 
     def end(self) -> bytes:
-        return _DONE
+        if self._usage is None:
+            return _DONE
+        return _named_event("usage", self._usage.as_dict()) + _DONE
 
-    @staticmethod
-    def _frame(event: Event) -> bytes:
+    def _frame(self, event: Event) -> bytes:
         match event:
             case Text(text):
                 return sse_event(text)
+            case Reasoning(text):
+                return sse_event(text, "reasoning")
             case Refusal(text):
                 return sse_event(text, "refusal")
+            case ToolCall():
+                return _named_event("tool_call", event.as_dict())
+            case ToolResult():
+                return _named_event("tool_result", event.as_dict())
             case Finish(reason):
                 return _named_event("finish", {"reason": reason})
-            case Usage():
-                return _named_event("usage", event.as_dict())
+            case Usage():  # sent at the end: after the last step's finish
+                self._usage = _added(self._usage, event)
             case Error(message, type):
                 return _named_event("error", {"message": message, "type": type})
-        return b""  # reasoning and tool calls are not written yet
+        return b""  # a tool call's fragments: the whole call is sent
+
+
+def _added(total: Usage | None, usage: Usage) -> Usage:
+    if total is None:
+        return usage
+    return Usage(
+        total.prompt_tokens + usage.prompt_tokens,
+        total.completion_tokens + usage.completion_tokens,
+        total.total_tokens + usage.total_tokens,
+    )
 
 
 class TextEncoder:
@@ -1096,6 +1266,248 @@ def _utf8(text: str) -> bytes:
         return _SURROGATE.sub("\ufffd", text).encode()
 
 
+# --- Tools the server runs -----------------------------------------------------------
+
+
+class Tools:
+    """Plain Python functions the model may call, run by the server between its
+    model calls (see :func:`sse_frames`'s ``tools``).
+
+    A function's name, docstring and annotated parameters are the schema the model
+    sees (built by pydantic, which the openai SDK brings). A call whose arguments
+    are not valid JSON for the function, or a function that raises, gives the
+    model an error to read instead of an output; a result that is not a string
+    goes back as its JSON text. A tool that runs longer than ``timeout_seconds`` is
+    given up: under gevent it is interrupted where it waits (I/O, sleep); under
+    threads it can't be, and runs on in its thread while the answer goes on
+    without it. At most ``max_steps`` model calls make one answer.
+    """
+
+    def __init__(
+        self,
+        functions: Iterable[Callable[..., Any]],
+        *,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS,
+    ) -> None:
+        self.functions = {function.__name__: function for function in functions}
+        self.max_steps = max_steps
+        self.timeout_seconds = timeout_seconds
+        self._models = {name: _arguments_model(f) for name, f in self.functions.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.functions)
+
+    def definitions(self, api: str = "chat") -> list[dict[str, Any]]:
+        """The ``tools`` of a request: Chat Completions' shape, or ``"responses"``'."""
+        tools = []
+        for name, function in self.functions.items():
+            schema = _without_titles(self._models[name].model_json_schema())
+            tool = {
+                "name": name,
+                "description": inspect.getdoc(function) or "",
+                "parameters": schema,
+            }
+            tools.append(
+                {"type": "function", **tool}
+                if api == "responses"
+                else {"type": "function", "function": tool}
+            )
+        return tools
+
+    def run(self, call: ToolCall) -> ToolResult:
+        """Run ``call`` within the timeout; its output, or the error the model reads."""
+        function = self.functions.get(call.name)
+        if function is None:
+            return ToolResult(call.id, error=f"There is no tool named {call.name!r}.")
+        try:
+            arguments = self._models[call.name].model_validate_json(
+                call.arguments or "{}"
+            )
+        except ValueError as exc:  # pydantic's ValidationError is one
+            return ToolResult(call.id, error=f"Bad arguments for {call.name}: {exc}")
+        try:
+            output = _within(self.timeout_seconds, function, dict(arguments))
+        except TimeoutError:
+            error = f"{call.name} did not finish within {self.timeout_seconds:g} s."
+            return ToolResult(call.id, error=error)
+        except Exception as exc:
+            error = _redact(f"{call.name} failed: {type(exc).__name__}: {exc}")
+            return ToolResult(call.id, error=error)
+        if not isinstance(output, str):
+            output = json.dumps(output, default=str, ensure_ascii=False)
+        return ToolResult(call.id, output=output)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model call of an answer that called tools: what the model said, the
+    calls it made, and what the tools gave back, to send it in the next call."""
+
+    text: str
+    calls: list[ToolCall]
+    results: list[ToolResult]
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The step as Chat Completions messages: the assistant's, then the tools'."""
+        calls = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in self.calls
+        ]
+        assistant = {"role": "assistant", "content": self.text or None}
+        tools = [
+            {"role": "tool", "tool_call_id": r.id, "content": _tool_text(r)}
+            for r in self.results
+        ]
+        return [assistant | {"tool_calls": calls}, *tools]
+
+    def responses_input(self) -> list[dict[str, Any]]:
+        """The step as Responses API input items: the calls, then their outputs."""
+        items: list[dict[str, Any]] = []
+        if self.text:
+            items.append({"role": "assistant", "content": self.text})
+        items += [
+            {
+                "type": "function_call",
+                "call_id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+            for call in self.calls
+        ]
+        items += [
+            {"type": "function_call_output", "call_id": r.id, "output": _tool_text(r)}
+            for r in self.results
+        ]
+        return items
+
+
+# Given the steps so far, the request of the next model call.
+FollowUp = Callable[[Sequence[Step]], Opener]
+
+
+class _ToolSteps:
+    """An answer of several model calls: each call's events, then, when the model
+    called tools, their results, and the next call's events, up to ``max_steps``.
+
+    Read by a relay's helper (greenlet or thread), so that keep-alives go on while
+    a tool runs; a client that leaves stops it there, before the next request.
+    """
+
+    def __init__(
+        self, first: Iterable[Any] | Opener, tools: Tools, follow_up: FollowUp
+    ) -> None:
+        self._first, self._tools, self._follow_up = first, tools, follow_up
+        self._upstream: Any = None
+
+    def __iter__(self) -> Iterator[_Decoded]:
+        steps: list[Step] = []
+        opener: Any = self._first
+        while True:
+            upstream = open_upstream(opener) if _is_opener(opener) else opener
+            self._upstream = upstream
+            calls: list[ToolCall] = []
+            text: list[str] = []
+            try:
+                reads = iter(
+                    upstream.iter_bytes()
+                    if hasattr(upstream, "iter_bytes")
+                    else upstream
+                )
+                for events in _decode(reads, _secrets_of(upstream)):
+                    for event in events:
+                        if type(event) is ToolCall:
+                            calls.append(event)
+                        elif type(event) is Text:
+                            text.append(event.text)
+                    yield _Decoded(events)
+                for _ in itertools.islice(reads, _DRAIN_READS):
+                    pass  # to the end of the body: the connection is pooled
+            finally:
+                _close(upstream)
+            if not calls or len(steps) + 1 >= self._tools.max_steps:
+                return
+            results = []
+            for call in calls:
+                results.append(self._tools.run(call))
+                yield _Decoded([results[-1]])
+            steps.append(Step("".join(text), calls, results))
+            opener = self._follow_up(tuple(steps))
+
+    @property
+    def http_response(self) -> object:
+        """The current model call's HTTP response: its socket, its credentials."""
+        return _http_response(self._upstream)
+
+    def close(self) -> None:
+        _close(self._upstream)
+
+
+def _arguments_model(function: Callable[..., Any]) -> Any:
+    """A pydantic model of ``function``'s parameters: its JSON schema, and the
+    validation of the arguments the model writes."""
+    import pydantic  # the openai SDK's own dependency
+
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        annotation = (
+            Any
+            if parameter.annotation is inspect.Parameter.empty
+            else parameter.annotation
+        )
+        default = (
+            ... if parameter.default is inspect.Parameter.empty else parameter.default
+        )
+        fields[name] = (annotation, default)
+    config = pydantic.ConfigDict(extra="forbid")
+    return pydantic.create_model(function.__name__, __config__=config, **fields)
+
+
+def _without_titles(schema: Any) -> Any:
+    """pydantic's schema less its generated titles, which tell the model nothing."""
+    if isinstance(schema, dict):
+        return {k: _without_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_without_titles(item) for item in schema]
+    return schema
+
+
+def _within(
+    seconds: float, function: Callable[..., Any], arguments: dict[str, Any]
+) -> Any:
+    """``function(**arguments)``, or ``TimeoutError`` after ``seconds``."""
+    if _gevent_active():
+        import gevent
+
+        with gevent.Timeout(seconds, TimeoutError):
+            return function(**arguments)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function(**arguments)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise TimeoutError
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
+
+
+def _tool_text(result: ToolResult) -> str:
+    return result.output or "" if result.error is None else f"Error: {result.error}"
+
+
 # --- The relay: from the upstream to the client, in time ------------------------------
 
 
@@ -1104,8 +1516,10 @@ class Callbacks(TypedDict, total=False):
 
     ``on_token`` and ``on_completion`` (the whole text, at a normal end) get the
     answer's text, not refusals; ``on_usage`` a dict with ``prompt_tokens``,
-    ``completion_tokens``, ``total_tokens``; ``on_error`` the exception of a failed
-    stream (not of a client that left).
+    ``completion_tokens``, ``total_tokens``, once per model call; ``on_error`` the
+    exception of a failed stream (not of a client that left). ``on_event`` gets
+    every typed event in order (reasoning, tool calls and their fragments, tool
+    results, finish reasons, usage, errors): the one hook for everything else.
     """
 
     on_start: Callable[[], object]
@@ -1113,6 +1527,7 @@ class Callbacks(TypedDict, total=False):
     on_completion: Callable[[str], object]
     on_usage: Callable[[dict[str, int]], object]
     on_error: Callable[[BaseException], object]
+    on_event: Callable[[Event], object]
 
 
 class _Hooks:
@@ -1125,14 +1540,18 @@ class _Hooks:
         on_completion: Callable[[str], object] | None = None,
         on_usage: Callable[[dict[str, int]], object] | None = None,
         on_error: Callable[[BaseException], object] | None = None,
+        on_event: Callable[[Event], object] | None = None,
     ) -> None:
         self.on_start, self.on_token, self.on_usage = on_start, on_token, on_usage
         self.on_completion, self.on_error = on_completion, on_error
-        self.want_events = bool(on_token or on_completion or on_usage)
+        self.on_event = on_event
+        self.want_events = bool(on_token or on_completion or on_usage or on_event)
         self._parts: list[str] = []  # kept only when on_completion wants the text
 
     def events(self, events: list[Event]) -> None:
         for event in events:
+            if self.on_event:
+                self.on_event(event)
             match event:
                 case Text(text):
                     if self.on_token:
@@ -1916,10 +2335,13 @@ def sse_frames(
     *,
     keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
-    """Stream ``chunks`` as SSE: text events, refusals, ``finish``, usage, then
-    ``[DONE]``; a failure after the first byte as ``event: error``.
+    """Stream ``chunks`` as SSE: text events, then the named ones (reasoning,
+    refusals, tool calls and results, ``finish``), usage, then ``[DONE]``; a
+    failure after the first byte as ``event: error``.
 
     Waits up to ``keepalive_seconds`` for the first output and raises
     :class:`StreamError` if the upstream fails before it, so the view can still
@@ -1930,12 +2352,19 @@ def sse_frames(
     server's, e.g. ``environ["gunicorn.socket"]``) lets a client that leaves be
     noticed while the upstream is silent. Close the returned body (WSGI servers do)
     to end the stream.
+
+    With ``tools`` (offered to the model in the request ``chunks`` sends) and
+    ``follow_up``, the server runs the tools the model calls, streams their
+    results, and asks again with ``follow_up(steps)``, the request of the next
+    model call, in the same response (see :class:`Tools`, :class:`Step`).
     """
     return encoded_stream(
         chunks,
         SseEncoder(),
         keepalive_seconds=keepalive_seconds,
         client_socket=client_socket,
+        tools=tools,
+        follow_up=follow_up,
         **callbacks,
     )
 
@@ -1944,6 +2373,8 @@ def text_stream(
     chunks: Iterable[Any] | Opener,
     *,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
@@ -1954,10 +2385,15 @@ def text_stream(
     client that leaves while the request waits for its answer then cancels it. A
     later failure's exception makes the WSGI server drop the connection without the
     body's final chunk, so a client sees an error rather than a silently shortened
-    answer.
+    answer. ``tools`` run as for :func:`sse_frames`; only the text is written.
     """
     return encoded_stream(
-        chunks, TextEncoder(), client_socket=client_socket, **callbacks
+        chunks,
+        TextEncoder(),
+        client_socket=client_socket,
+        tools=tools,
+        follow_up=follow_up,
+        **callbacks,
     )
 
 
@@ -1967,6 +2403,8 @@ def encoded_stream(
     *,
     keepalive_seconds: float | None = None,
     client_socket: socket.socket | None = None,
+    tools: Tools | None = None,
+    follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
 ) -> Iterable[bytes]:
     """Stream ``chunks`` in the wire protocol of ``encoder``: the relay under
@@ -1975,6 +2413,8 @@ def encoded_stream(
     ``keepalive_seconds`` applies when the encoder has a keep-alive; the rest is as
     for :func:`sse_frames`.
     """
+    if tools and follow_up is not None:
+        chunks = _ToolSteps(chunks, tools, follow_up)
     relay_class = _GreenRelay if _gevent_active() else _ThreadRelay
     relay = relay_class(
         chunks, encoder, keepalive_seconds, client_socket, _Hooks(**callbacks)

@@ -29,6 +29,7 @@ import pytest
 import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai._models import construct_type
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import (
@@ -66,7 +67,16 @@ DONE = b"data: [DONE]\n\n"
 USAGE = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
 USAGE_FRAME = b"event: usage\ndata: " + json.dumps(USAGE).encode() + b"\n\n"
 # The conversation every upstream shape below carries: "Hel", "lo\nyou", usage 4/2/6.
-EXPECTED_SSE = b"data: Hel\n\ndata: lo\ndata: you\n\n" + USAGE_FRAME + DONE
+
+
+def finish_frame(reason: str) -> bytes:
+    return f'event: finish\ndata: {{"reason": "{reason}"}}\n\n'.encode()
+
+
+FINISH_STOP = finish_frame("stop")
+EXPECTED_SSE = (
+    b"data: Hel\n\ndata: lo\ndata: you\n\n" + FINISH_STOP + USAGE_FRAME + DONE
+)
 EXPECTED_TEXT = b"Hello\nyou"
 REQUEST = httpx2.Request("POST", "https://api.example/v1/chat/completions")
 SECRET = "sk-proj-AbCdEf0123456789"
@@ -100,13 +110,14 @@ def chat_dicts() -> list[dict[str, Any]]:
     return [role, chat("Hel"), chat("lo\nyou"), finish, usage]
 
 
-def legacy(text: str) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
-    return {**LEGACY, "choices": [choice]}
+def legacy(text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "text": text, "finish_reason": finish_reason}
+    return {**LEGACY, "choices": [choice | {"logprobs": None}]}
 
 
 def legacy_dicts() -> list[dict[str, Any]]:
-    return [legacy("Hel"), legacy("lo\nyou"), {**LEGACY, "choices": [], "usage": USAGE}]
+    usage = {**LEGACY, "choices": [], "usage": USAGE}
+    return [legacy("Hel"), legacy("lo\nyou"), legacy("", "stop"), usage]
 
 
 def text_delta(text: str) -> dict[str, Any]:
@@ -349,7 +360,10 @@ UPSTREAMS: dict[str, Callable[[ExitStack], Any]] = {
     "chat-dicts": lambda _: chat_dicts(),
     "chat-sdk": lambda _: [ChatCompletionChunk.model_validate(c) for c in chat_dicts()],
     "legacy-dicts": lambda _: legacy_dicts(),
-    "legacy-sdk": lambda _: [Completion.model_validate(c) for c in legacy_dicts()],
+    # As the SDK builds stream chunks: leniently (a chunk's finish_reason is null).
+    "legacy-sdk": lambda _: [
+        construct_type(type_=Completion, value=c) for c in legacy_dicts()
+    ],
     "responses-dicts": lambda _: responses_dicts(),
     "responses-sdk": lambda _: responses_sdk(),
     "raw-sse-one-read": lambda _: [raw_chat()],
@@ -425,10 +439,22 @@ QUIRKS = {
 }
 
 
-@pytest.mark.parametrize("raw", QUIRKS.values(), ids=QUIRKS.keys())
-def test_provider_quirks_are_tolerated(raw: bytes) -> None:
+# The quirks whose upstream says why the answer ended.
+QUIRK_FINISHES = {
+    "chat-completion-objects": "stop",
+    "finish-reason-without-done": "stop",
+    "no-final-blank-line": "stop",
+    "legacy-finish-reason": "length",
+    "empty-delta-and-whole-message": "stop",
+    "other-responses-events": "stop",
+}
+
+
+@pytest.mark.parametrize(("name", "raw"), QUIRKS.items(), ids=QUIRKS.keys())
+def test_provider_quirks_are_tolerated(name: str, raw: bytes) -> None:
     assert collect(text_stream([raw])) == b"hi"
-    assert collect(sse_frames([raw])) == b"data: hi\n\n" + DONE
+    finish = finish_frame(QUIRK_FINISHES[name]) if name in QUIRK_FINISHES else b""
+    assert collect(sse_frames([raw])) == b"data: hi\n\n" + finish + DONE
 
 
 @pytest.mark.parametrize(
@@ -1265,10 +1291,11 @@ def test_a_chat_chunk_with_a_type_field_of_its_own_is_still_read() -> None:
     assert b"".join(text_stream([chunk])) == b"hi"
 
 
-def test_chunks_without_text_do_not_hold_back_keepalives() -> None:
-    """A reasoning model sends chunks with no content for a long time: the client
-    (and any proxy in front) must still get a byte every keep-alive interval."""
-    empty = {**CHUNK, "choices": [{"index": 0, "delta": {"reasoning_content": "."}}]}
+def test_chunks_without_output_do_not_hold_back_keepalives() -> None:
+    """An upstream may send chunks with nothing to write for a long time (a role,
+    empty deltas, a provider's own fields): the client (and any proxy in front)
+    must still get a byte every keep-alive interval."""
+    empty = {**CHUNK, "choices": [{"index": 0, "delta": {"content": ""}}]}
     steps: list[Any] = []
     for _ in range(12):
         steps += [empty, Pause(0.02)]
@@ -1356,20 +1383,27 @@ def test_a_raw_body_cut_after_output_is_an_error_event_or_a_cut_body() -> None:
 
 
 @pytest.mark.parametrize(
-    "end",
+    ("end", "reason"),
     [
-        pytest.param(sse_bytes(STOP), id="chat-finish-reason"),
-        pytest.param(sse_bytes(legacy("")), id="legacy-finish-reason"),
+        pytest.param(sse_bytes(STOP), "stop", id="chat-finish-reason"),
+        pytest.param(
+            sse_bytes(legacy("", "length")), "length", id="legacy-finish-reason"
+        ),
         pytest.param(
             sse_bytes({"type": "response.completed", "response": RESPONSE}),
+            "stop",
             id="responses-completed",
         ),
     ],
 )
-def test_a_clean_end_after_a_finish_reason_is_a_whole_answer(end: bytes) -> None:
+def test_a_clean_end_after_a_finish_reason_is_a_whole_answer(
+    end: bytes, reason: str
+) -> None:
     """Some compatible servers send no [DONE]: their finish reason ends the answer."""
     reads = [sse_bytes(chat("hi")), end]
-    assert collect(sse_frames(RawUpstream(reads))) == b"data: hi\n\n" + DONE
+    assert collect(sse_frames(RawUpstream(reads))) == (
+        b"data: hi\n\n" + finish_frame(reason) + DONE
+    )
 
 
 def test_sdk_objects_and_dicts_end_when_their_iterator_ends() -> None:
@@ -1444,6 +1478,7 @@ def test_a_refusal_is_an_event_of_its_own_and_raw_text(raw: bytes) -> None:
     assert [(e.event, e.data) for e in events] == [
         ("refusal", "I'm sorry,\n"),
         ("refusal", "I can't help with that."),
+        ("finish", '{"reason": "stop"}'),
         ("usage", json.dumps(USAGE)),
         ("message", "[DONE]"),
     ]
@@ -1778,7 +1813,7 @@ def json_lines(body: Iterable[bytes]) -> list[dict[str, Any]]:
 
 def test_a_protocol_of_ones_own_is_an_encoder() -> None:
     """Every event the decoder makes reaches an encoder, in the upstream's order:
-    here the ones SSE does not write yet (reasoning, tool-call fragments) too."""
+    tool-call fragments too, which SSE doesn't write, then the whole call."""
     thinking = chat(None, delta={"reasoning_content": "Let me see."})
     thinking_vllm = chat(None, delta={"reasoning": " Yes."})
     call = {"index": 0, "id": "call_1", "function": {"name": "dice", "arguments": ""}}
@@ -1807,6 +1842,13 @@ def test_a_protocol_of_ones_own_is_an_encoder() -> None:
             "arguments": '{"sides": 6}',
         },
         {"event": "Refusal", "text": "No."},
+        # No finish reason: the call goes out when the stream ends.
+        {
+            "event": "ToolCall",
+            "id": "call_1",
+            "name": "dice",
+            "arguments": '{"sides": 6}',
+        },
         {"event": "End"},
     ]
 
@@ -1826,6 +1868,7 @@ def test_responses_reasoning_deltas_are_reasoning_events() -> None:
     assert json_lines(streaming.encoded_stream([*events, done], JsonLines())) == [
         {"event": "Reasoning", "text": "0"},
         {"event": "Reasoning", "text": "1"},
+        {"event": "Finish", "reason": "stop"},
         {"event": "End"},
     ]
 
@@ -1860,3 +1903,163 @@ def test_a_client_slower_than_the_read_timeout_is_no_silent_upstream() -> None:
         close(body)
         client.close()
     assert b"".join(received) == b"".join(map(sse_event, words)) + DONE
+
+
+# --- Everything else the model says -----------------------------------------------
+
+
+def tool_fragment(index: int | None, **fields: Any) -> dict[str, Any]:
+    """A chat chunk with one tool-call fragment: ``id``, ``name``, ``arguments``."""
+    function = {k: v for k, v in fields.items() if k in ("name", "arguments")}
+    call: dict[str, Any] = {"function": function, "type": "function"}
+    if index is not None:
+        call["index"] = index
+    if "id" in fields:
+        call["id"] = fields["id"]
+    return chat(None, delta={"tool_calls": [call]})
+
+
+def sse_events(body: bytes) -> list[tuple[str, str]]:
+    return [(e.event, e.data) for e in parse_sse(body)]
+
+
+def test_reasoning_is_an_event_of_its_own_split_at_line_breaks() -> None:
+    chunks = [
+        chat(None, delta={"reasoning_content": "Hmm.\nLet me"}),
+        chat(None, delta={"reasoning": " see."}),
+        chat(None, delta={"reasoning_content": "[DONE]"}),
+        HI,
+        STOP,
+    ]
+    body = collect(sse_frames(chunks))
+    assert body.startswith(b"event: reasoning\ndata: Hmm.\ndata: Let me\n\n")
+    assert sse_events(body) == [
+        ("reasoning", "Hmm.\nLet me"),
+        ("reasoning", " see."),
+        ("reasoning", "[DONE"),
+        ("reasoning", "]"),
+        ("message", "hi"),
+        ("finish", '{"reason": "stop"}'),
+        ("message", "[DONE]"),
+    ]
+    assert collect(text_stream(chunks)) == b"hi", "raw text never carries reasoning"
+
+
+def test_parallel_tool_calls_are_assembled_whatever_order_their_fragments_come_in() -> (
+    None
+):
+    chunks = [
+        tool_fragment(0, id="call_a", name="get_", arguments=""),
+        tool_fragment(1, id="call_b", arguments='{"q"'),  # its name comes late
+        tool_fragment(0, name="weather", arguments='{"city": '),
+        tool_fragment(1, arguments=': "x"}'),
+        tool_fragment(0, name="", arguments='"Paris"}'),  # an empty name: nothing
+        tool_fragment(1, name="search"),
+        tool_fragment(1, name="search"),  # the whole name again: not doubled
+        {
+            **CHUNK,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+        },
+        "[DONE]",
+    ]
+    events: list[streaming.Event] = []
+    body = collect(sse_frames([sse_bytes(*chunks)], on_event=events.append))
+    first = {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    second = {"id": "call_b", "name": "search", "arguments": '{"q": "x"}'}
+    assert sse_events(body) == [
+        ("tool_call", json.dumps(first)),
+        ("tool_call", json.dumps(second)),
+        ("finish", '{"reason": "tool_calls"}'),
+        ("message", "[DONE]"),
+    ]
+    whole = [e for e in events if not isinstance(e, streaming.ToolCallDelta)]
+    assert whole == [
+        streaming.ToolCall(**first),
+        streaming.ToolCall(**second),
+        streaming.Finish("tool_calls"),
+    ]
+
+
+def test_a_fragment_without_index_or_id_is_the_first_call() -> None:
+    chunks = [tool_fragment(None, name="roll", arguments="{}"), STOP]
+    body = collect(sse_frames(chunks))
+    call = {"id": "call_0", "name": "roll", "arguments": "{}"}
+    assert sse_events(body)[0] == ("tool_call", json.dumps(call))
+
+
+def test_a_responses_function_call_is_one_tool_call_then_finish_tool_calls() -> None:
+    item = {"type": "function_call", "id": "fc_1", "call_id": "call_9"}
+    item |= {"name": "roll_dice", "arguments": ""}
+    whole = item | {"arguments": '{"count": 2}', "status": "completed"}
+    events = [
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {
+            "type": "response.function_call_arguments.delta",
+            "output_index": 0,
+            "item_id": "fc_1",
+            "delta": '{"count"',
+        },
+        {
+            "type": "response.function_call_arguments.delta",
+            "output_index": 0,
+            "item_id": "fc_1",
+            "delta": ": 2}",
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": whole},
+        {
+            "type": "response.completed",
+            "response": RESPONSE | {"output": [whole], "usage": RESPONSES_USAGE},
+        },
+    ]
+    body = collect(sse_frames([sse_bytes(*events)]))
+    call = {"id": "call_9", "name": "roll_dice", "arguments": '{"count": 2}'}
+    assert sse_events(body) == [
+        ("tool_call", json.dumps(call)),
+        ("finish", '{"reason": "tool_calls"}'),
+        ("usage", json.dumps(USAGE)),
+        ("message", "[DONE]"),
+    ]
+
+
+def test_an_answer_cut_by_the_token_limit_says_so() -> None:
+    length = {
+        **CHUNK,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+    }
+    body = collect(sse_frames([HI, length, {**CHUNK, "choices": [], "usage": USAGE}]))
+    assert body == b"data: hi\n\n" + finish_frame("length") + USAGE_FRAME + DONE
+
+
+def test_tool_results_are_events_with_an_output_or_an_error() -> None:
+    encoder = streaming.SseEncoder()
+    results = [
+        streaming.ToolResult("call_1", output="4"),
+        streaming.ToolResult("call_2", error="ValueError: no such zone"),
+    ]
+    assert encoder.encode(results) == (
+        b'event: tool_result\ndata: {"id": "call_1", "output": "4"}\n\n'
+        b'event: tool_result\ndata: {"id": "call_2", "error": "ValueError: no such '
+        b'zone"}\n\n'
+    )
+
+
+def test_usage_of_several_model_calls_is_sent_once_summed_at_the_end() -> None:
+    encoder = streaming.SseEncoder()
+    steps = [streaming.Usage(4, 2, 6), streaming.Finish("tool_calls")]
+    steps += [streaming.Usage(10, 3, 13), streaming.Finish("stop")]
+    assert encoder.encode(steps) == finish_frame("tool_calls") + finish_frame("stop")
+    usage = {"prompt_tokens": 14, "completion_tokens": 5, "total_tokens": 19}
+    assert encoder.end() == (
+        b"event: usage\ndata: " + json.dumps(usage).encode() + b"\n\n" + DONE
+    )
+
+
+def test_on_event_gets_every_event_in_order() -> None:
+    chunks = [chat(None, delta={"reasoning": "So"}), HI, STOP]
+    events: list[streaming.Event] = []
+    collect(sse_frames(chunks, on_event=events.append))
+    assert events == [
+        streaming.Reasoning("So"),
+        streaming.Text("hi"),
+        streaming.Finish("stop"),
+    ]
