@@ -7,6 +7,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from shared.guard import Guard
+from shared.tools import tools_for
 from shared.upstream import Upstream
 
 
@@ -17,7 +18,9 @@ class StreamConfig(AppConfig):
 
     def ready(self) -> None:
         # At start, not on the first request: the server says which upstream answers.
-        StreamConfig.upstream = Upstream(settings.STREAM_SETTINGS)
+        stream_settings = settings.STREAM_SETTINGS
+        tools = tools_for(stream_settings, settings.STREAM_TOOLS)
+        StreamConfig.upstream = Upstream(stream_settings, tools)
         authorize = settings.STREAM_AUTHORIZE
         if isinstance(authorize, str):  # a dotted path, e.g. from the environment
             authorize = import_string(authorize)

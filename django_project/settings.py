@@ -23,6 +23,9 @@ STREAM_SETTINGS = Settings.from_env_or_exit()
 # function of the request (or its dotted path), False refusing with 401. E.g.
 # "django_project.access.signed_in", Django's login_required for an API route.
 STREAM_AUTHORIZE = os.environ.get("DJANGO_STREAM_AUTHORIZE") or None
+# The functions the model may call (or their dotted paths): None for STREAM_TOOLS,
+# or the demo's example tools when the demo model answers.
+STREAM_TOOLS = None
 
 # Set DJANGO_SECRET_KEY in production: a random key per process signs nothing that
 # outlives it, and differs between gunicorn workers (admin logins would not stick).

@@ -25,13 +25,12 @@ from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
-    Opener,
     StreamError,
     client_socket_of,
     sse_frames,
     text_stream,
 )
-from shared.upstream import Upstream
+from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
 View = Callable[..., HttpResponseBase]  # URL parameters come as keyword arguments
@@ -113,9 +112,11 @@ def _close_database_connections() -> None:
             connection.close()
 
 
-def _sse(request: HttpRequest, opener: Opener) -> StreamingHttpResponse:
+def _sse(request: HttpRequest, answer: Answer) -> StreamingHttpResponse:
     body = sse_frames(
-        opener,
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
         keepalive_seconds=_settings().keepalive_seconds,
         client_socket=client_socket_of(request.META),
     )
@@ -147,14 +148,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
 def completion(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.META, _settings())
-    return _sse(request, _upstream().completion_opener(prompt))
+    return _sse(request, _upstream().completion(prompt))
 
 
 @guarded("GET")
 def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.META, _settings())
-    return _sse(request, _upstream().chat_opener([{"role": "user", "content": prompt}]))
+    return _sse(request, _upstream().chat([{"role": "user", "content": prompt}]))
 
 
 @guarded("POST")
@@ -162,7 +163,7 @@ def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
     body = json_object(request.META, _settings())
     messages = messages_from_json(body, "prompt", _settings().max_prompt_chars)
-    return _sse(request, _upstream().chat_opener(messages))
+    return _sse(request, _upstream().chat(messages))
 
 
 @guarded("POST")
@@ -170,8 +171,11 @@ def api_stream(request: HttpRequest) -> StreamingHttpResponse:
     """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
     body = json_object(request.META, _settings())
     messages = messages_from_json(body, "message", _settings().max_prompt_chars)
+    answer = _upstream().chat(messages)
     text = text_stream(
-        _upstream().chat_opener(messages),
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
         client_socket=client_socket_of(request.META),
     )
     return StreamingHttpResponse(text, headers=TEXT_HEADERS)

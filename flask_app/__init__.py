@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -22,6 +22,7 @@ from shared.guard import (
     refuse_too_many_fields,
 )
 from shared.streaming import StreamError, comma_list
+from shared.tools import ToolSpec, tools_for
 from shared.upstream import Upstream
 
 
@@ -29,6 +30,7 @@ def create_app(
     test_config: Mapping[str, Any] | None = None,
     *,
     authorize: Authorize | None = None,
+    tools: Iterable[ToolSpec] | None = None,
 ) -> Flask:
     """Build the app from the environment, then ``test_config`` (Flask config keys).
 
@@ -36,7 +38,8 @@ def create_app(
     the environment's settings, which are then not read at all. ``authorize(request)``
     may refuse a streaming request (401) before it spends the key, e.g.
     ``lambda request: "user_id" in session`` or Flask-Login's
-    ``lambda request: current_user.is_authenticated``.
+    ``lambda request: current_user.is_authenticated``. ``tools`` (functions, or
+    their dotted paths) replace ``STREAM_TOOLS``: what the model may call.
     """
     app = Flask(__name__)
     test_config = test_config or {}
@@ -47,7 +50,7 @@ def create_app(
     app.config.from_mapping(ALLOWED_HOSTS=hosts)
     app.config.from_mapping(test_config)
     settings = app.config["STREAM_SETTINGS"]
-    app.extensions["upstream"] = Upstream(settings)
+    app.extensions["upstream"] = Upstream(settings, tools_for(settings, tools))
     app.extensions["stream_guard"] = Guard(settings, authorize)
     app.before_request(_refuse_unknown_host)
     app.register_blueprint(bp)

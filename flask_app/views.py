@@ -20,13 +20,12 @@ from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
-    Opener,
     StreamError,
     client_socket_of,
     sse_frames,
     text_stream,
 )
-from shared.upstream import Upstream
+from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
 bp = Blueprint("stream", __name__)
@@ -113,9 +112,11 @@ def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
     return decorator
 
 
-def _sse(opener: Opener) -> Response:
+def _sse(answer: Answer) -> Response:
     body = sse_frames(
-        opener,
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
         keepalive_seconds=_settings().keepalive_seconds,
         client_socket=client_socket_of(request.environ),
     )
@@ -147,14 +148,14 @@ def healthz() -> Response:
 def completion() -> Response:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.environ, _settings())
-    return _sse(_upstream().completion_opener(prompt))
+    return _sse(_upstream().completion(prompt))
 
 
 @route("/completionChat", "GET")
 def completion_chat() -> Response:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.environ, _settings())
-    return _sse(_upstream().chat_opener([{"role": "user", "content": prompt}]))
+    return _sse(_upstream().chat([{"role": "user", "content": prompt}]))
 
 
 @route("/completions/chat", "POST")
@@ -162,7 +163,7 @@ def completions_chat() -> Response:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
     body = json_object(request.environ, _settings())
     messages = messages_from_json(body, "prompt", _settings().max_prompt_chars)
-    return _sse(_upstream().chat_opener(messages))
+    return _sse(_upstream().chat(messages))
 
 
 @route("/api/stream", "POST")
@@ -170,8 +171,11 @@ def api_stream() -> Response:
     """Stream a chat answer for a JSON ``message`` or ``messages`` as raw text."""
     body = json_object(request.environ, _settings())
     messages = messages_from_json(body, "message", _settings().max_prompt_chars)
+    answer = _upstream().chat(messages)
     text = text_stream(
-        _upstream().chat_opener(messages),
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
         client_socket=client_socket_of(request.environ),
     )
     return Response(text, headers=TEXT_HEADERS)

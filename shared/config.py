@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Self
 
-from shared.streaming import StreamSettings
+from shared.streaming import StreamSettings, comma_list
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_COMPLETION_MODEL = "gpt-3.5-turbo-instruct"
@@ -48,6 +48,7 @@ class Settings(StreamSettings):
     auth_token: str | None = field(default=None, repr=False)
     rate_limit: str | None = None  # e.g. "20/minute", per client address
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    tools: tuple[str, ...] = ()  # dotted paths of the functions the model may call
 
     @property
     def uses_demo(self) -> bool:
@@ -83,6 +84,7 @@ class Settings(StreamSettings):
             auth_token=environ.get("STREAM_AUTH_TOKEN") or None,
             rate_limit=rate_limit,
             redis_url=environ.get("REDIS_URL") or None,
+            tools=tuple(comma_list(environ, "STREAM_TOOLS")),
         )
 
 

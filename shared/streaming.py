@@ -108,6 +108,7 @@ __all__ = [
     "Encoder",
     "Error",
     "Event",
+    "FollowUp",
     "Finish",
     "Opener",
     "Pollable",
@@ -162,6 +163,7 @@ MAX_SECONDS = 86_400  # a day
 MAX_CHARS_OR_TOKENS = 100_000_000  # far past any model's context window
 MAX_BODY_BYTES = 1_073_741_824  # 1 GiB
 MAX_RETRIES = 100
+MAX_STEPS = 100
 # The largest event (or unfinished line) kept while it arrives: an upstream that
 # never ends its line must not grow a worker's memory until the read timeout.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -441,6 +443,8 @@ class StreamSettings:
     upstream_timeout_seconds: float = DEFAULT_UPSTREAM_TIMEOUT_SECONDS
     upstream_max_retries: int = DEFAULT_UPSTREAM_MAX_RETRIES
     cors_origins: frozenset[str] = frozenset()
+    max_steps: int = DEFAULT_MAX_STEPS
+    tool_timeout_seconds: float = DEFAULT_TOOL_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
@@ -483,6 +487,16 @@ class StreamSettings:
             cors_origins=frozenset(
                 origin.rstrip("/")
                 for origin in comma_list(environ, "STREAM_CORS_ORIGINS")
+            ),
+            max_steps=_positive(
+                environ, "STREAM_MAX_STEPS", DEFAULT_MAX_STEPS, int, MAX_STEPS
+            ),
+            tool_timeout_seconds=_positive(
+                environ,
+                "STREAM_TOOL_TIMEOUT_SECONDS",
+                DEFAULT_TOOL_TIMEOUT_SECONDS,
+                float,
+                MAX_SECONDS,
             ),
         )
 
@@ -1710,7 +1724,10 @@ class _Relay:
             if error is None:  # a bug, which the client must not take for the model's
                 _log_bug(exc)
                 error = StreamError(500, *_SERVER_FAILED)
-            yield encoder.encode([Error(error.message, error.type)])
+            events: list[Event] = [Error(error.message, error.type)]
+            if self._hooks.on_event:
+                self._hooks.on_event(events[0])
+            yield encoder.encode(events)
 
     def _output(self, deadline: float | None) -> object:
         """The next bytes to write; ``None`` if ``deadline`` came first; ``_END``."""

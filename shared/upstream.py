@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,17 +23,27 @@ from openai._models import FinalRequestOptions
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import Opener
+from shared.streaming import FollowUp, Opener, Step, Tools
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 # The options of every stream's request but its path and body, as ``create()`` sets
 # them: a POST that carries the API key.
 _POST = FinalRequestOptions.construct(
     method="post", url="", security={"bearer_auth": True}
 )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a route streams: the first model call's request, and with tools the
+    next ones' (the keyword arguments of ``sse_frames`` and ``text_stream``)."""
+
+    opener: Opener
+    tools: Tools | None = None
+    follow_up: FollowUp | None = None
 
 
 class Upstream:
@@ -43,8 +55,9 @@ class Upstream:
     leaves meanwhile cancels the request.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tools: Tools | None = None) -> None:
         self.settings = settings
+        self.tools = tools or Tools(())
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
         if settings.uses_demo:
@@ -91,6 +104,7 @@ class Upstream:
     def chat_opener(self, messages: Messages) -> Opener:
         """A chat answer's stream, through Chat Completions or the Responses API."""
         settings = self.settings
+        tools = self._offered(settings.chat_api)
         if settings.chat_api == "responses":
             return self._opener(
                 "/responses",
@@ -98,6 +112,7 @@ class Upstream:
                 stream=True,
                 input=messages,
                 **self._output_cap("max_output_tokens"),
+                **tools,
             )
         return self._opener(
             "/chat/completions",
@@ -106,7 +121,29 @@ class Upstream:
             messages=messages,
             **self._output_cap("max_completion_tokens"),
             stream_options={"include_usage": True},
+            **tools,
         )
+
+    def chat(self, messages: Messages) -> Answer:
+        """A chat answer: its first model call, and the next ones after tools ran."""
+        if not self.tools:
+            return Answer(self.chat_opener(messages))
+
+        def follow_up(steps: Sequence[Step]) -> Opener:
+            if self.settings.chat_api == "responses":
+                added = [item for step in steps for item in step.responses_input()]
+            else:
+                added = [message for step in steps for message in step.chat_messages()]
+            return self.chat_opener([*messages, *added])
+
+        return Answer(self.chat_opener(messages), self.tools, follow_up)
+
+    def completion(self, prompt: str) -> Answer:
+        """A legacy completion (no tools: the legacy API has none)."""
+        return Answer(self.completion_opener(prompt))
+
+    def _offered(self, api: str) -> dict[str, Any]:
+        return {"tools": self.tools.definitions(api)} if self.tools else {}
 
     def completion_opener(self, prompt: str) -> Opener:
         """A legacy completion's stream, for ``prompt``."""

@@ -133,8 +133,11 @@ def test_include_usage_ends_the_stream_with_the_usage(client: openai.OpenAI) -> 
         chunks = list(stream)
     usage = chunks[-1].usage
     assert usage is not None and not chunks[-1].choices
-    tokens = [c for c in chunks[:-1] if c.choices and c.choices[0].delta.content]
-    assert usage.completion_tokens == len(tokens)
+    tokens = [c for c in chunks[1:-2] if c.choices]  # no role chunk, no finish
+    thinking = [c for c in tokens if c.choices[0].delta.model_extra]
+    assert usage.completion_tokens == len(tokens)  # the thinking, then the text
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == len(thinking) > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0
 
 
