@@ -5,9 +5,11 @@ page is the one users open first and copy from, so each promise of it is checked
 through the browser, with its effect seen at the fake upstream where it matters
 (Stop cancels the upstream; a finished EventSource doesn't run the completion again).
 
-Tool calls and their results reach the page only from a server that runs tools: their
-tests feed the page's readers a crafted SSE body through Playwright's request
-interception (``page.route``), in the shape of ``CONTRACT.md``'s events.
+Reasoning, refusals and finish reasons come from the fake upstream through both apps;
+tool calls and their results from the demo model (no key), whose example tools the
+server runs. What neither sends (markup in a tool's name, arguments that are not
+JSON, a call left unrun) is fed to the page's readers as a crafted SSE body through
+Playwright's request interception (``page.route``), in ``CONTRACT.md``'s shape.
 """
 
 from __future__ import annotations
@@ -125,6 +127,12 @@ class ChatPage:
     def message(self) -> Locator:
         """The last answer, whole: thinking, text, tool calls, how it ended."""
         return self.page.locator("#conversation li.assistant").last
+
+    def parts(self) -> list[str]:
+        """The last answer's parts, in order, by class (``thinking``, ``text``...)."""
+        return self.message.locator(".parts > *").evaluate_all(
+            "els => els.map(el => el.className)"
+        )
 
     @property
     def status(self) -> Locator:
@@ -408,8 +416,7 @@ def test_thinking_streams_into_a_closed_box_above_the_answer(
     expect(thinking).to_have_js_property("open", False)
     expect(chat.answer).to_have_text("The answer.")
     # The thinking comes first, then the answer; a whole answer has no mark.
-    parts = chat.message.locator(".parts > *")
-    assert parts.evaluate_all("els => els.map(el => el.className)") == [
+    assert chat.parts() == [
         "thinking",
         "text",
     ]
@@ -500,7 +507,80 @@ def test_an_answer_cut_short_is_marked_at_its_end(
     ) == ["role", "parts", "ending", "meta"]
 
 
-# ---- Tool calls, through a crafted body (the server runs no tools here). --------
+# ---- Tools run by the server: the demo model calls the demo's tools. ------------
+
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+09:00$")
+
+
+@pytest.fixture(
+    params=[FLASK_GUNICORN, DJANGO_GUNICORN], ids=lambda kind: str(kind.name)
+)
+def demo(
+    request: pytest.FixtureRequest, browser: Browser, pool: ServerPool
+) -> Iterator[ChatPage]:
+    """A fresh page of each app with no key: the demo model and its example tools
+    (``STREAM_TOOLS``' default); afterwards, no console error and no dialog."""
+    context = browser.new_context()
+    chat = ChatPage(context.new_page()).open(pool.get(request.param, "demo"))
+    yield chat
+    context.close()
+    assert chat.console_errors == []
+    assert chat.dialogs == []
+
+
+@pytest.mark.parametrize("mode", SSE_MODES)
+def test_a_tool_run_by_the_server_is_shown_with_its_output(
+    demo: ChatPage, mode: str
+) -> None:
+    demo.send("What time is it in Tokyo?", mode)
+    demo.wait_done()
+    message = demo.message
+    assert demo.parts() == ["thinking", "tool", "thinking", "text"]
+    thinking = message.locator(".thinking-text")
+    expect(thinking.first).to_contain_text(
+        'I will call current_time with {"timezone":"Asia/Tokyo"}.'
+    )
+    tool = message.locator(".tool")
+    expect(tool.locator(".tool-name")).to_have_text("current_time")
+    expect(tool.locator(".tool-arguments")).to_have_text(
+        '{\n  "timezone": "Asia/Tokyo"\n}', use_inner_text=False
+    )
+    expect(tool.locator("dt").last).to_have_text("Output")
+    expect(tool.locator(".tool-output")).to_have_text(ISO_TIME)
+    output = tool.locator(".tool-output").text_content()
+    expect(demo.answer).to_have_text(
+        f"Here is what my tools said.\nThe tool current_time says: {output}",
+        use_inner_text=False,
+    )
+    expect(message.locator(".ending")).to_be_hidden()
+
+
+def test_a_failing_tool_shows_its_error(demo: ChatPage) -> None:
+    demo.send("Roll 2 dice with 200 sides")
+    demo.wait_done()
+    tool = demo.message.locator(".tool")
+    expect(tool.locator(".tool-name")).to_have_text("roll_dice")
+    expect(tool.locator(".tool-arguments")).to_have_text(
+        '{\n  "count": 2,\n  "sides": 200\n}', use_inner_text=False
+    )
+    expect(tool.locator("dt").last).to_have_text("Error")
+    expect(tool.locator(".tool-error")).to_contain_text(
+        "sides must be a whole number from 2 to 100, got 200."
+    )
+    expect(demo.answer).to_contain_text("The tool roll_dice says:")
+
+
+def test_raw_text_shows_only_the_text_of_a_tool_run(demo: ChatPage) -> None:
+    demo.send("What time is it in Tokyo?", "text")
+    demo.wait_done()
+    expect(demo.answer).to_have_text(
+        re.compile(r"^Here is what my tools said\.\nThe tool current_time says: \S+$"),
+        use_inner_text=False,
+    )
+    assert demo.parts() == ["text"]
+
+
+# ---- Tool calls, through a crafted body: markup, odd JSON, a call left unrun. ---
 
 TOOL_BODY = "".join(
     [
@@ -577,9 +657,7 @@ def test_tool_calls_and_results_are_shown_as_text(routed: ChatPage, mode: str) -
     routed.wait_done()
     message = routed.message
     # Everything in the order it came: thinking, the step's calls, thinking, text.
-    assert message.locator(".parts > *").evaluate_all(
-        "els => els.map(el => el.className)"
-    ) == ["thinking", "tool", "tool", "thinking", "text"]
+    assert routed.parts() == ["thinking", "tool", "tool", "thinking", "text"]
     first, second = message.locator(".tool").all()
     expect(first.locator(".tool-head")).to_have_text("Tool call roll_dice")
     expect(first.locator(".tool-arguments")).to_have_text(
