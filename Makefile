@@ -65,7 +65,7 @@ check: $(STAMP) ## Lint, format check and type check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	MYPYPATH=shared $(BIN)/mypy --strict examples/flask_view.py examples/django_view.py
+	MYPYPATH=shared $(BIN)/mypy --strict examples/
 
 screenshot: $(STAMP) $(CHROMIUM) ## Retake docs/screenshot.png: the demo page mid-stream
 	$(BIN)/python docs/screenshot.py

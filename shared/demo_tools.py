@@ -10,6 +10,8 @@ for schema builders that read ``inspect.signature`` without evaluating strings.
 import datetime
 import random
 import zoneinfo
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["DEMO_TOOLS", "current_time", "roll_dice"]
 
@@ -59,4 +61,4 @@ def _check_range(name: str, value: object, low: int, high: int) -> None:
         )
 
 
-DEMO_TOOLS = [current_time, roll_dice]
+DEMO_TOOLS: list[Callable[..., Any]] = [current_time, roll_dice]

@@ -133,6 +133,7 @@ __all__ = [
     "end_open_streams",
     "open_upstream",
     "register_secret",
+    "responses_input",
     "sse_event",
     "sse_frames",
     "text_stream",
@@ -965,8 +966,12 @@ class _ToolCalls:
         self._pending: dict[int, list[str]] = {}  # index: [id, name, arguments]
 
     def assemble(self, events: list[Event]) -> list[Event]:
-        if not self._pending and not any(type(e) in _STEP_EVENTS for e in events):
-            return events
+        if not self._pending:
+            for event in events:
+                if type(event) in _STEP_EVENTS:
+                    break
+            else:
+                return events  # text alone: the common case, kept cheap
         out: list[Event] = []
         for event in events:
             match event:
@@ -1135,14 +1140,14 @@ class _SseDecoder:
             for payload in payloads:
                 if payload.strip() == "[DONE]":
                     self.done = True
-                    events += self._calls.flush()
                     break
                 chunk = _json_chunk(payload)
-                events += self._calls.assemble(_chunk_events(chunk, self._secrets))
+                events += _chunk_events(chunk, self._secrets)
                 self._ended = self._ended or _ends_answer(chunk)
         except UpstreamFailed as exc:
             self._failure = exc  # raised next time, after what came before it
-        return events
+        events = self._calls.assemble(events)
+        return events + self._calls.flush() if self.done else events
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -1312,7 +1317,7 @@ class Tools:
     def __bool__(self) -> bool:
         return bool(self.functions)
 
-    def definitions(self, api: str = "chat") -> list[dict[str, Any]]:
+    def definitions(self, api: str = "chat") -> list[Any]:
         """The ``tools`` of a request: Chat Completions' shape, or ``"responses"``'."""
         tools = []
         for name, function in self.functions.items():
@@ -1381,23 +1386,37 @@ class Step:
 
     def responses_input(self) -> list[dict[str, Any]]:
         """The step as Responses API input items: the calls, then their outputs."""
-        items: list[dict[str, Any]] = []
-        if self.text:
-            items.append({"role": "assistant", "content": self.text})
-        items += [
-            {
-                "type": "function_call",
-                "call_id": call.id,
-                "name": call.name,
-                "arguments": call.arguments,
-            }
-            for call in self.calls
-        ]
-        items += [
-            {"type": "function_call_output", "call_id": r.id, "output": _tool_text(r)}
-            for r in self.results
-        ]
-        return items
+        return responses_input(self.chat_messages())
+
+
+def responses_input(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages as the Responses API's input items, in the same order.
+
+    The Responses API has no ``tool_calls`` or ``tool`` role: each call is a
+    ``function_call`` item after its assistant message's text (none when the text
+    is null or empty), and each answer a ``function_call_output`` item.
+    """
+    return [item for message in messages for item in _input_items(message)]
+
+
+def _input_items(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if message["role"] == "tool":
+        output = {"call_id": message["tool_call_id"], "output": message["content"]}
+        return [{"type": "function_call_output", **output}]
+    calls = message.get("tool_calls") or []
+    items: list[dict[str, Any]] = []
+    if message["content"] or not calls:
+        items.append({"role": message["role"], "content": message["content"]})
+    items.extend(
+        {
+            "type": "function_call",
+            "call_id": call["id"],
+            "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"],
+        }
+        for call in calls
+    )
+    return items
 
 
 # Given the steps so far, the request of the next model call.

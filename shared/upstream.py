@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,12 +23,14 @@ from openai._models import FinalRequestOptions
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import FollowUp, Opener, Step, Tools
+from shared.streaming import FollowUp, Opener, Step, Tools, responses_input
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, Any]]
+# Chat Completions messages, as ``shared.validation`` checks them: text, assistant
+# ``tool_calls`` and ``tool`` answers.
+Messages = Sequence[Mapping[str, Any]]
 # The options of every stream's request but its path and body, as ``create()`` sets
 # them: a POST that carries the API key.
 _POST = FinalRequestOptions.construct(
@@ -110,7 +112,7 @@ class Upstream:
                 "/responses",
                 model=settings.model,
                 stream=True,
-                input=messages,
+                input=responses_input(messages),
                 **self._output_cap("max_output_tokens"),
                 **tools,
             )
@@ -130,10 +132,9 @@ class Upstream:
             return Answer(self.chat_opener(messages))
 
         def follow_up(steps: Sequence[Step]) -> Opener:
-            if self.settings.chat_api == "responses":
-                added = [item for step in steps for item in step.responses_input()]
-            else:
-                added = [message for step in steps for message in step.chat_messages()]
+            # As Chat Completions messages whichever the API: chat_opener converts
+            # the whole conversation for the Responses API, the client's part too.
+            added = [message for step in steps for message in step.chat_messages()]
             return self.chat_opener([*messages, *added])
 
         return Answer(self.chat_opener(messages), self.tools, follow_up)

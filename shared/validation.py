@@ -9,15 +9,56 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal, TypedDict, final
 from urllib.parse import unquote_to_bytes
 
 from shared.streaming import StreamError, body_too_large
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# Ids are the model's or the client's own; the bound keeps one from filling a body.
+MAX_ID_CHARS = 256
+# OpenAI's rule for a function's name: the upstream refuses any other.
+FUNCTION_NAME = re.compile("[a-zA-Z0-9_-]{1,64}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-Messages = list[dict[str, str]]
+
+# The messages this module returns, one shape per kind. Each is ``final`` (it has
+# no other keys), so that ``"tool_calls" in message`` tells the kinds apart.
+
+
+class FunctionCall(TypedDict):
+    name: str
+    arguments: str
+
+
+class ToolCall(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+@final
+class TextMessage(TypedDict):
+    role: str
+    content: str
+
+
+@final
+class ToolCallsMessage(TypedDict):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ToolCall]
+
+
+@final
+class ToolMessage(TypedDict):
+    role: Literal["tool"]
+    tool_call_id: str
+    content: str
+
+
+Message = TextMessage | ToolCallsMessage | ToolMessage
+Messages = list[Message]
 
 
 def prompt_from_query(query_string: str, max_chars: int) -> str:
@@ -164,30 +205,196 @@ def _checked_prompt(value: object, name: str, max_chars: int) -> str:
 
 
 def _checked_messages(value: object, max_chars: int) -> Messages:
+    """Each message checked in order, then the conversation as a whole.
+
+    Keys a message's shape does not name are left out, as they always were; the
+    tool keys of another role are refused instead, since leaving them out would
+    change what the conversation says.
+    """
     if not isinstance(value, list) or not value:
         raise StreamError(400, "'messages' must be a non-empty list.")
-    messages: Messages = []
-    for index, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise StreamError(400, f"messages[{index}] must be an object.")
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in ROLES:
-            raise StreamError(
-                400,
-                f"messages[{index}].role must be one of {sorted(ROLES)}, "
-                f"got {_short(role)}.",
-            )
-        if not isinstance(content, str):
-            raise StreamError(400, f"messages[{index}].content must be a string.")
-        messages.append({"role": role, "content": _well_formed(content)})
-    total = sum(len(m["content"]) for m in messages)
+    calls = _CallLedger()
+    messages = [_checked_message(index, m, calls) for index, m in enumerate(value)]
+    texts = [text for message in messages for text in _texts(message)]
+    total = sum(len(text) for text in texts)
     if total > max_chars:
         raise StreamError(
             400, f"The messages hold {total} characters; the limit is {max_chars}."
         )
-    if not any(m["content"].strip() for m in messages):
+    if not any(text.strip() for text in texts):
         raise StreamError(400, "Every message is empty: give some content.")
     return messages
+
+
+class _CallLedger:
+    """The tool calls made so far in a conversation, and which message answered each.
+
+    A ``tool`` message answers a call made before it, once: an answer to no call, or
+    a second answer, is a conversation the upstream can't follow.
+    """
+
+    def __init__(self) -> None:
+        self._answered_by: dict[str, int | None] = {}
+
+    def made(self, where: str, call_id: str) -> None:
+        if call_id in self._answered_by:
+            raise StreamError(
+                400,
+                f"{where}.id {_short(call_id)} is the id of an earlier call: give each "
+                "call its own id.",
+            )
+        self._answered_by[call_id] = None
+
+    def answered(self, index: int, call_id: str) -> None:
+        if call_id not in self._answered_by:
+            raise StreamError(
+                400,
+                f"messages[{index}].tool_call_id must be the id of a call in an "
+                f"earlier assistant message's tool_calls, got {_short(call_id)}.",
+            )
+        earlier = self._answered_by[call_id]
+        if earlier is not None:
+            raise StreamError(
+                400,
+                f"messages[{index}].tool_call_id {_short(call_id)} was already "
+                f"answered by messages[{earlier}]: answer each call once.",
+            )
+        self._answered_by[call_id] = index
+
+
+def _checked_message(index: int, message: object, calls: _CallLedger) -> Message:
+    if not isinstance(message, dict):
+        raise StreamError(400, f"messages[{index}] must be an object.")
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise StreamError(
+            400,
+            f"messages[{index}].role must be one of {sorted(ROLES)}, "
+            f"got {_short(role)}.",
+        )
+    _refuse_tool_keys_of_other_roles(index, role, message)
+    if role == "tool":
+        return _checked_tool_message(index, message, calls)
+    if message.get("tool_calls") is not None:
+        return _checked_tool_calls_message(index, message, calls)
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise StreamError(
+            400,
+            f"messages[{index}].content must be a string, got {_short(content)}.",
+        )
+    return {"role": role, "content": _well_formed(content)}
+
+
+def _refuse_tool_keys_of_other_roles(
+    index: int, role: str, message: Mapping[str, object]
+) -> None:
+    for key, owner in (("tool_calls", "assistant"), ("tool_call_id", "tool")):
+        if role != owner and message.get(key) is not None:
+            raise StreamError(
+                400,
+                f"messages[{index}].{key} belongs only in a message of role "
+                f"{owner!r}, not {role!r}.",
+            )
+
+
+def _checked_tool_message(
+    index: int, message: Mapping[str, object], calls: _CallLedger
+) -> ToolMessage:
+    call_id = _checked_id(
+        f"messages[{index}].tool_call_id", message.get("tool_call_id")
+    )
+    calls.answered(index, call_id)
+    content = message.get("content")
+    if not isinstance(content, str):
+        raise StreamError(
+            400,
+            f"messages[{index}].content must be a string (the tool's output), "
+            f"got {_short(content)}.",
+        )
+    return {"role": "tool", "tool_call_id": call_id, "content": _well_formed(content)}
+
+
+def _checked_tool_calls_message(
+    index: int, message: Mapping[str, object], calls: _CallLedger
+) -> ToolCallsMessage:
+    tool_calls, content = message["tool_calls"], message.get("content")
+    if not isinstance(tool_calls, list) or not tool_calls:
+        raise StreamError(
+            400,
+            f"messages[{index}].tool_calls must be a non-empty list of calls, "
+            f"got {_short(tool_calls)}.",
+        )
+    if content is not None and not isinstance(content, str):
+        raise StreamError(
+            400,
+            f"messages[{index}].content must be a string or null, "
+            f"got {_short(content)}.",
+        )
+    return {
+        "role": "assistant",
+        "content": None if content is None else _well_formed(content),
+        "tool_calls": [
+            _checked_tool_call(f"messages[{index}].tool_calls[{number}]", call, calls)
+            for number, call in enumerate(tool_calls)
+        ],
+    }
+
+
+def _checked_tool_call(where: str, call: object, calls: _CallLedger) -> ToolCall:
+    if not isinstance(call, dict):
+        raise StreamError(400, f"{where} must be an object, got {_short(call)}.")
+    call_id = _checked_id(f"{where}.id", call.get("id"))
+    if call.get("type") != "function":
+        raise StreamError(
+            400, f"{where}.type must be 'function', got {_short(call.get('type'))}."
+        )
+    function = _checked_function(f"{where}.function", call.get("function"))
+    calls.made(where, call_id)
+    return {"id": call_id, "type": "function", "function": function}
+
+
+def _checked_function(where: str, function: object) -> FunctionCall:
+    if not isinstance(function, dict):
+        raise StreamError(
+            400,
+            f"{where} must be an object with 'name' and 'arguments', "
+            f"got {_short(function)}.",
+        )
+    name, arguments = function.get("name"), function.get("arguments")
+    if not isinstance(name, str) or not FUNCTION_NAME.fullmatch(name):
+        raise StreamError(
+            400,
+            f"{where}.name must match {FUNCTION_NAME.pattern} (letters, digits, "
+            f"'_' and '-'), got {_short(name)}.",
+        )
+    if not isinstance(arguments, str):
+        raise StreamError(
+            400,
+            f"{where}.arguments must be a string (the arguments' JSON as text), "
+            f"got {_short(arguments)}.",
+        )
+    return {"name": name, "arguments": _well_formed(arguments)}
+
+
+def _checked_id(where: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        raise StreamError(
+            400,
+            f"{where} must be a non-empty string of at most {MAX_ID_CHARS} "
+            f"characters, got {_short(value)}.",
+        )
+    return _well_formed(value)
+
+
+def _texts(message: Message) -> list[str]:
+    """What counts toward ``STREAM_MAX_PROMPT_CHARS``: contents, tool outputs, and
+    the arguments of tool calls."""
+    content = message["content"]
+    texts = [] if content is None else [content]
+    if "tool_calls" in message:
+        texts.extend(call["function"]["arguments"] for call in message["tool_calls"])
+    return texts
 
 
 def _well_formed(text: str) -> str:

@@ -176,6 +176,7 @@ def test_a_refusal_is_an_event_of_its_own_and_raw_text(
     assert named_events(answer.body) == [
         ("refusal", "I'm sorry, "),
         ("refusal", "I can't help\nwith that."),
+        ("finish", '{"reason": "stop"}'),
         ("usage", json.dumps(usage)),
         ("message", "[DONE]"),
     ]

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import pytest
 
-from shared.demo import _TOKEN, demo_answer
+from shared.demo import _TOKEN, demo_turn
 from shared.streaming import sse_event
 from tests.client import parse_sse, texts
 from tests.fake_upstream import Done, FakeUpstream, Hangup, Raw, Sleep, Text
@@ -409,17 +409,22 @@ def chat_calls(upstream: DemoUpstream, since: int) -> int:
 
 
 def expected_sse(prompt: str) -> bytes:
-    """The demo model's answer to ``prompt`` as the view must send it: a text event
-    per demo token, the usage, then ``[DONE]``."""
-    tokens = _TOKEN.findall(demo_answer(prompt))
-    prompt_tokens, completion_tokens = len(prompt.split()), len(tokens)
+    """The demo model's answer to ``prompt`` as the view must send it: its thinking
+    as reasoning events and its text as text events, a token each, the finish
+    reason, the usage (thinking tokens count), then ``[DONE]``."""
+    turn = demo_turn([{"role": "user", "content": prompt}])
+    thinking = _TOKEN.findall(turn.reasoning)
+    tokens = _TOKEN.findall(turn.text)
+    prompt_tokens, completion_tokens = len(prompt.split()), len(thinking + tokens)
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
     return (
-        b"".join(map(sse_event, tokens))
+        b"".join(sse_event(token, "reasoning") for token in thinking)
+        + b"".join(map(sse_event, tokens))
+        + f'event: finish\ndata: {{"reason": "{turn.finish}"}}\n\n'.encode()
         + f"event: usage\ndata: {json.dumps(usage)}\n\n".encode()
         + b"data: [DONE]\n\n"
     )

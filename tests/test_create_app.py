@@ -32,3 +32,26 @@ def test_settings_in_test_config_leave_the_environment_unread(
         "status": "ok",
         "upstream": "demo",
     }
+
+
+def shout(text: str) -> str:
+    """The text in capitals."""
+    return text.upper()
+
+
+def test_tools_given_in_code_are_offered_and_run() -> None:
+    """``create_app(tools=[...])``: the demo model calls the one tool it is offered."""
+    client = create_app({"STREAM_SETTINGS": Settings()}, tools=[shout]).test_client()
+    body = client.post("/completions/chat", json={"prompt": "hi"}).get_data()
+    assert b'event: tool_call\ndata: {"id": ' in body
+    assert b'"name": "shout"' in body
+    assert b'event: tool_result\ndata: {"id": ' in body
+    assert b'"output": "HI"' in body
+
+
+def test_a_tool_path_that_cant_be_imported_stops_the_app_with_one_line() -> None:
+    with pytest.raises(SystemExit) as info:
+        create_app({"STREAM_SETTINGS": Settings()}, tools=["no.such.tool"])
+    assert str(info.value).startswith(
+        "Bad setting: STREAM_TOOLS names 'no.such.tool', which can't be imported"
+    )

@@ -93,3 +93,28 @@ def test_a_bad_proxy_setting_stops_the_server_naming_it(
     with pytest.raises(ImproperlyConfigured, match=name) as caught:
         settings_from(monkeypatch, **{name: value})
     assert quoted in str(caught.value)
+
+
+def shout(text: str) -> str:
+    """The text in capitals."""
+    return text.upper()
+
+
+@pytest.mark.django_db
+def test_the_stream_tools_setting_chooses_the_tools_in_code(client: Client) -> None:
+    """Django's ``STREAM_TOOLS`` setting (functions or dotted paths), read at start."""
+    from django.apps import apps
+    from django.test import override_settings
+
+    config = apps.get_app_config("django_project")
+    try:
+        with override_settings(STREAM_TOOLS=[f"{__name__}.shout"]):
+            config.ready()
+            response = client.post(
+                "/completions/chat", {"prompt": "hi"}, content_type="application/json"
+            )
+            body = b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    finally:
+        config.ready()  # the project's own tools again
+    assert b'"name": "shout"' in body
+    assert b'"output": "HI"' in body

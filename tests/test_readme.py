@@ -16,7 +16,7 @@ import pytest
 
 from shared import config, streaming
 from tests.client import parse_sse, texts
-from tests.fake_upstream import Done, FakeUpstream, Text, Usage
+from tests.fake_upstream import Done, FakeUpstream, Finish, Raw, Text, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -119,7 +119,12 @@ def test_the_core_imports_nothing_else_from_the_repo() -> None:
     assert not imported & local, imported & local
 
 
-EXAMPLES = {"Flask": "flask_view", "Django": "django_view"}
+EXAMPLES = {
+    "Flask": "flask_view",
+    "Django": "django_view",
+    "Flask, with a tool": "flask_tools_view",
+    "Django, with a tool": "django_tools_view",
+}
 
 
 def readme_block(framework: str) -> str:
@@ -210,3 +215,49 @@ def test_the_django_example_streams_with_only_the_core_beside_it(
     response = view.chat(RequestFactory().get("/chat"))
     assert response.status_code == 400
     assert json.loads(response.content)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_flask_tool_example_runs_its_tool_mid_answer(
+    copied_core: Path, fake_openai: FakeUpstream
+) -> None:
+    from flask import Flask
+
+    call = {"index": 0, "id": "c1", "type": "function"}
+    call["function"] = {"name": "order_status", "arguments": '{"order_id": "A-1042"}'}
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+    answer = fake_openai.script(Text("It shipped."), Finish("stop"), Done())
+    script = fake_openai.script(
+        Raw(b"data: " + json.dumps(chunk).encode() + b"\n\n"),
+        Finish("tool_calls"),
+        Done(),
+        then=answer,
+    )
+    view = copy_example(copied_core, "flask_tools_view")
+    app = Flask(__name__)
+    app.register_blueprint(view.bp)
+    response = app.test_client().get(
+        "/chat-tools", query_string={"prompt": f"where is A-1042? {script.marker}"}
+    )
+    events = [(e.event, e.data) for e in parse_sse(response.get_data())]
+    response.close()
+    assert events == [
+        (
+            "tool_call",
+            json.dumps(
+                {
+                    "id": "c1",
+                    "name": "order_status",
+                    "arguments": '{"order_id": "A-1042"}',
+                }
+            ),
+        ),
+        ("finish", '{"reason": "tool_calls"}'),
+        ("tool_result", '{"id": "c1", "output": "shipped"}'),
+        ("message", "It shipped."),
+        ("finish", '{"reason": "stop"}'),
+        ("message", "[DONE]"),
+    ]
+    [offered] = script.requests[0].json["tools"]
+    assert offered["function"]["name"] == "order_status"
+    sent = (script.requests + answer.requests)[1].json["messages"]
+    assert sent[-1] == {"role": "tool", "tool_call_id": "c1", "content": "shipped"}

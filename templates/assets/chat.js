@@ -1,16 +1,31 @@
 // The demo page's client: a chat that reads streamed answers three ways, one per
-// route of the contract. Copy the reader you need; each is self-contained.
+// route of the contract. Copy the reader you need, with the two shared pieces just
+// below (`StreamFailed`, `NAMED_EVENTS`): each reader hands what it reads to the
+// callbacks of an `out` object (`text`, `reasoning`, `refusal`, `toolCall`,
+// `toolResult`, `finish`, `usage`), and the page draws them.
 //
-// Model output only ever reaches the page as text (`append`, `textContent`), never
-// through `innerHTML`: a model can be made to write <img onerror=...>.
+// Model and tool output only ever reach the page as text (`append`, `textContent`),
+// never through `innerHTML`: a model can be made to write <img onerror=...>, and a
+// tool can return whatever a web page or a file said.
 "use strict";
 
 /** A failure worth showing to the user as it is (HTTP error, `event: error`). */
 class StreamFailed extends Error {}
 
+/** The SSE routes' named events and the `out` callback each one goes to, with its
+ * data parsed. An event named otherwise (a newer server's) is skipped. */
+const NAMED_EVENTS = new Map([
+  ["reasoning", (out, data) => out.reasoning(data)],
+  ["refusal", (out, data) => out.refusal(data)],
+  ["tool_call", (out, data) => out.toolCall(JSON.parse(data))], // {id, name, arguments}
+  ["tool_result", (out, data) => out.toolResult(JSON.parse(data))], // {id, output|error}
+  ["finish", (out, data) => out.finish(JSON.parse(data).reason)],
+  ["usage", (out, data) => out.usage(JSON.parse(data))],
+]);
+
 // ---- Reader 1: fetch + an SSE parser. Works with POST and a JSON body. ----------
 
-/** POST the conversation and hand each text delta to `out.text`. */
+/** POST the conversation; text, thinking, tool calls, endings and usage go to `out`. */
 async function streamWithFetch(messages, out, signal) {
   const response = await fetch("completions/chat", {
     method: "POST",
@@ -21,7 +36,7 @@ async function streamWithFetch(messages, out, signal) {
   await failUnlessOk(response);
   for await (const event of sseEvents(response.body)) {
     if (event.type === "error") throw new StreamFailed(JSON.parse(event.data).message);
-    if (event.type === "usage") out.usage(JSON.parse(event.data));
+    if (event.type !== "message") NAMED_EVENTS.get(event.type)?.(out, event.data);
     else if (event.data === "[DONE]") return;
     else out.text(event.data);
   }
@@ -85,7 +100,15 @@ function streamWithEventSource(messages, out, signal) {
     const onAbort = () => finish(reject, signal.reason);
     signal.addEventListener("abort", onAbort);
     source.onmessage = (e) => (e.data === "[DONE]" ? finish(resolve) : out.text(e.data));
-    source.addEventListener("usage", (e) => out.usage(JSON.parse(e.data)));
+    for (const [name, deliver] of NAMED_EVENTS) {
+      source.addEventListener(name, (e) => {
+        try {
+          deliver(out, e.data);
+        } catch (err) { // bad JSON: a listener's exception would only reach the console
+          finish(reject, err);
+        }
+      });
+    }
     source.addEventListener("error", (e) => {
       // The server's `event: error` has data; a failed connection has none, and
       // EventSource hides its HTTP status and body.
@@ -98,6 +121,8 @@ function streamWithEventSource(messages, out, signal) {
 }
 
 // ---- Reader 3: raw text. The simplest body; a failure cuts it off mid-way. -------
+// It carries the answer's text (a refusal as text) and nothing else: no thinking,
+// no tool calls, no usage, and no word of an answer cut at the token limit.
 
 async function streamText(messages, out, signal) {
   const response = await fetch("api/stream", {
@@ -123,27 +148,177 @@ async function streamText(messages, out, signal) {
 
 const READERS = { fetch: streamWithFetch, eventsource: streamWithEventSource, text: streamText };
 
+
 // ---- The page: conversation, stats, buttons. -------------------------------------
 
 const $ = (id) => document.getElementById(id);
 const history = []; // the conversation so far, sent as `messages`
 let stopper = null; // the AbortController of the answer in flight
 
-/** Append one message to the conversation; model text goes in as a text node. */
-function addMessage(role, text) {
-  const item = document.createElement("li");
-  item.className = role;
-  const label = document.createElement("div");
-  label.className = "role";
-  label.textContent = role === "user" ? "You" : "Assistant";
-  const body = document.createElement("div");
-  body.className = "text";
-  body.textContent = text;
-  const meta = document.createElement("p");
-  meta.className = "meta";
-  item.append(label, body, meta);
+/** A new element; `text` goes in as a text node, never parsed as HTML. */
+function element(tag, className, text = "") {
+  const node = document.createElement(tag);
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
+/** Append one message to the conversation: its role, then (before `meta`) its body. */
+function addMessage(role) {
+  const item = element("li", role);
+  const meta = element("p", "meta");
+  item.append(element("div", "role", role === "user" ? "You" : "Assistant"), meta);
   $("conversation").append(item);
-  return { item, body, meta };
+  return { item, meta };
+}
+
+// How an answer ended, when the user should know: the rest (`stop`, `tool_calls`)
+// is an answer that ended as it meant to.
+const ENDINGS = new Map([
+  ["length", "Cut off: the token limit was reached."],
+  ["content_filter", "Stopped by the content filter."],
+]);
+const WHOLE = new Set(["stop", "tool_calls", "function_call"]);
+
+/** Tool arguments as text: indented when they are JSON, else exactly as sent. Numbers
+ * keep their digits (a 64-bit id would lose its last ones as a JavaScript number). */
+function showArguments(text) {
+  const keepDigits = (key, value, context) =>
+    typeof value === "number" && JSON.rawJSON && context ? JSON.rawJSON(context.source) : value;
+  try {
+    return JSON.stringify(JSON.parse(text, keepDigits), null, 2);
+  } catch {
+    return text;
+  }
+}
+
+/** One assistant answer as it streams: its thinking, text, refusals and tool calls
+ * in the order they came (a step's thinking comes before its text), then how it
+ * ended. Its methods are the readers' `out` callbacks that draw. */
+class AnswerView {
+  constructor() {
+    const { item, meta } = addMessage("assistant");
+    this.item = item;
+    this.meta = meta;
+    this.parts = element("div", "parts");
+    this.ending = element("p", "ending");
+    this.ending.hidden = true;
+    meta.before(this.parts, this.ending);
+    this.open = null; // the part that a delta of its kind continues: {kind, node, close}
+    this.results = new Map(); // a tool call's id → where its result goes
+  }
+
+  text(delta) {
+    this.continuePart("text", () => {
+      const node = element("div", "text");
+      return { block: node, node };
+    }).append(delta);
+  }
+
+  /** Thinking goes in a closed "Thinking" box whose title says "Thinking…" while
+   * it streams. */
+  reasoning(delta) {
+    this.continuePart("reasoning", () => {
+      const block = element("details", "thinking streaming");
+      const summary = element("summary", "", "Thinking…");
+      const node = element("div", "thinking-text");
+      block.append(summary, node);
+      const close = () => {
+        block.classList.remove("streaming");
+        summary.textContent = "Thinking";
+      };
+      return { block, node, close };
+    }).append(delta);
+  }
+
+  refusal(delta) {
+    this.continuePart("refusal", () => {
+      const block = element("div", "refusal");
+      const node = element("div", "refusal-text");
+      block.append(element("div", "refusal-label", "Refused"), node);
+      return { block, node };
+    }).append(delta);
+  }
+
+  /** A tool call: its name and arguments, and a place for its result. */
+  toolCall(call) {
+    this.closePart();
+    const block = element("div", "tool");
+    const head = element("div", "tool-head", "Tool call ");
+    head.append(element("code", "tool-name", call.name));
+    const list = element("dl", "");
+    const label = element("dt", "", "Result");
+    const result = element("dd", "tool-result pending", "Running…");
+    list.append(
+      element("dt", "", "Arguments"),
+      element("dd", "tool-arguments", showArguments(call.arguments)),
+      label,
+      result,
+    );
+    block.append(head, list);
+    this.parts.append(block);
+    this.results.set(call.id, { label, result });
+    this.scroll();
+  }
+
+  /** The server ran a tool: its output, or its error, under its call. */
+  toolResult({ id, output, error }) {
+    if (!this.results.has(id)) this.toolCall({ id, name: `(unknown call ${id})`, arguments: "" });
+    const { label, result } = this.results.get(id);
+    this.results.delete(id);
+    const failed = error !== undefined;
+    label.textContent = failed ? "Error" : "Output";
+    result.className = failed ? "tool-error" : "tool-output";
+    result.textContent = failed ? error : output;
+    this.scroll();
+  }
+
+  /** A step ended; mark the answer when it did not end as it meant to. */
+  finish(reason) {
+    this.closePart();
+    if (WHOLE.has(reason)) return;
+    this.ending.textContent = ENDINGS.get(reason) ?? `Ended with the reason "${reason}".`;
+    this.ending.hidden = false;
+  }
+
+  /** The stream is over, whole or not: nothing is still thinking or running. */
+  end() {
+    this.closePart();
+    for (const { result } of this.results.values()) {
+      result.classList.remove("pending");
+      result.textContent = "No result.";
+    }
+    this.results.clear();
+  }
+
+  /** What the model said, as the next request's assistant message: its text and
+   * refusals, not its thinking. */
+  get reply() {
+    return [...this.parts.querySelectorAll(".text, .refusal-text")]
+      .map((node) => node.textContent)
+      .join("");
+  }
+
+  /** The open part if it is of `kind`, else a new one made by `make`. */
+  continuePart(kind, make) {
+    if (this.open?.kind !== kind) {
+      this.closePart();
+      const { block, node, close } = make();
+      this.parts.append(block);
+      this.open = { kind, node, close };
+    }
+    this.scroll();
+    return this.open.node;
+  }
+
+  closePart() {
+    this.open?.close?.();
+    this.open = null;
+  }
+
+  scroll() {
+    this.item.scrollIntoView({ block: "nearest" });
+  }
 }
 
 /** Time to first token, rate and usage, updated as the answer streams. */
@@ -168,8 +343,9 @@ function setStatus(text, isError = false) {
 async function send(prompt) {
   const mode = document.querySelector("input[name=mode]:checked").value;
   history.push({ role: "user", content: prompt });
-  addMessage("user", prompt);
-  const answer = addMessage("assistant", "");
+  const question = addMessage("user");
+  question.meta.before(element("div", "text", prompt));
+  const answer = new AnswerView();
   answer.item.setAttribute("aria-busy", "true"); // announce the answer once, whole
   // Raw text arrives in network reads, not tokens: count those instead.
   const unit = mode === "text" ? "chunks" : "tokens";
@@ -178,14 +354,20 @@ async function send(prompt) {
   const showStats = () => {
     answer.meta.textContent = statsLine(started, firstAt, pieces, unit, usage);
   };
+  /** Thinking and text are tokens the model wrote: both count for the stats. */
+  const counted = (draw) => (delta) => {
+    firstAt ??= performance.now();
+    pieces += 1;
+    draw(delta);
+    showStats();
+  };
   const out = {
-    text(delta) {
-      firstAt ??= performance.now();
-      pieces += 1;
-      answer.body.append(delta); // a text node, never parsed as HTML
-      showStats();
-      answer.item.scrollIntoView({ block: "nearest" });
-    },
+    text: counted((delta) => answer.text(delta)),
+    reasoning: counted((delta) => answer.reasoning(delta)),
+    refusal: counted((delta) => answer.refusal(delta)),
+    toolCall: (call) => answer.toolCall(call),
+    toolResult: (result) => answer.toolResult(result),
+    finish: (reason) => answer.finish(reason),
     usage(reported) {
       usage = reported;
       showStats();
@@ -212,6 +394,7 @@ async function send(prompt) {
     }
   } finally {
     stopper = null;
+    answer.end();
     if (firstAt === null && !failed) answer.meta.textContent = "";
     answer.item.removeAttribute("aria-busy");
     $("send").disabled = false;
@@ -220,7 +403,7 @@ async function send(prompt) {
   if (!answer.item.isConnected) return; // "New chat" cleared it meanwhile
   // What the user saw of an answer, stopped or whole, is what the model sees next;
   // a failed turn is left out, question and all.
-  const reply = answer.body.textContent;
+  const reply = answer.reply;
   if (reply && !failed) history.push({ role: "assistant", content: reply });
   else history.pop();
 }
