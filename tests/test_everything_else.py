@@ -13,11 +13,14 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from flask_app import create_app
+from shared.config import Settings
 from tests.client import parse_sse
 from tests.conftest import FAKE_API_KEY, TOOLS_KEEPALIVE_SECONDS, ServerPool
 from tests.fake_upstream import (
@@ -34,6 +37,7 @@ from tests.fake_upstream import (
     Usage,
 )
 from tests.servers import ALL_KINDS, Server, ServerKind
+from tests.tools import broken
 
 DONE = ("message", "[DONE]")
 # The events whose data is JSON; the others' data is the model's text.
@@ -596,6 +600,32 @@ def test_bad_arguments_and_a_tool_that_raises_give_errors_the_model_reads(
     told = json.dumps(sent_back(api, second.json))
     assert "Bad arguments for add" in told and error in told
     assert FAKE_API_KEY not in told
+
+
+def test_a_tool_error_names_no_key_even_one_that_no_pattern_recognises(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (the servers' key has a key's shape): an Azure key is 32 hex
+    digits, which only its value can give away."""
+    key = uuid.uuid4().hex
+    monkeypatch.setenv("OPENAI_API_KEY", key)  # what ``broken`` quotes
+    settings = Settings(api_key=key, base_url=upstream.base_url)
+    answer = upstream.script(Text("Sorry."), Finish("stop"), Done())
+    first = upstream.script(
+        FunctionCall("call_err", "broken", '{"reason": "y"}'),
+        Finish("tool_calls"),
+        Done(),
+        then=answer,
+    )
+    app = create_app({"STREAM_SETTINGS": settings}, tools=[broken])
+    prompt = {"prompt": f"go {first.marker}"}
+    try:
+        body = app.test_client().post("/completions/chat", json=prompt).get_data()
+    finally:
+        app.extensions["upstream"].client.close()  # its pooled connection
+    assert b"event: tool_result" in body and b"Sorry." in body
+    assert key.encode() not in body
+    assert key not in json.dumps(first.requests[-1].json)
 
 
 def test_a_result_that_is_not_a_string_is_sent_as_json(
