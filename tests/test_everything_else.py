@@ -11,6 +11,7 @@ completions' finish reasons. Servers of the configuration ``tools`` (and
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import time
 import uuid
@@ -367,6 +368,22 @@ def test_chat_tool_calls_are_assembled_from_fragments_in_any_order_and_relayed(
     assert "tools" not in request.json, "no tools are offered unless configured"
 
 
+def test_a_fragment_without_index_is_the_first_call(
+    plain: Server, upstream: FakeUpstream
+) -> None:
+    script = upstream.script(
+        ToolCallFragment(None, id="call_x", name="roll", arguments='{"n"'),
+        ToolCallFragment(None, arguments=": 1}"),
+        Finish("tool_calls"),
+        Done(),
+    )
+    assert events_of(ask(plain, script)) == [
+        tool_call("call_x", "roll", '{"n": 1}'),
+        finish("tool_calls"),
+        DONE,
+    ]
+
+
 def test_a_responses_function_call_is_relayed_with_its_call_id(
     responses: Server, upstream: FakeUpstream
 ) -> None:
@@ -514,16 +531,59 @@ def test_a_reader_of_unnamed_events_sees_the_text_as_before(
 # --- Tools the server runs ----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "route", ["/completionChat", "/completions/chat", "/api/stream"]
+)
 def test_the_tools_are_offered_with_their_signatures_and_docstrings(
-    tools: Server, upstream: FakeUpstream, api: str
+    tools: Server, upstream: FakeUpstream, api: str, route: str
 ) -> None:
+    """On every chat route; legacy completions have no tools to offer."""
     script = upstream.script(Text("Hi"), *ends(api, "stop", Usage(1, 1)))
-    ask(tools, script)
+    ask(tools, script, route)
     offered = script.requests[0].json["tools"]
     if api == "chat":
         assert offered == [{"type": "function", "function": s} for s in TOOL_SCHEMAS]
     else:
         assert offered == [{"type": "function", **s} for s in TOOL_SCHEMAS]
+    legacy = upstream.script(Text("Hi"), Finish("stop"), Done())
+    ask(tools, legacy, "/completion")
+    assert "tools" not in legacy.requests[0].json
+
+
+def test_the_demo_model_gets_the_demos_tools_and_the_server_runs_them(
+    pool: ServerPool, kind: ServerKind
+) -> None:
+    """With no key and no base URL, ``STREAM_TOOLS`` defaults to the demo's."""
+    demo = pool.get(kind, "demo")
+    status, _, body = post(demo, "/completions/chat", {"prompt": "Time in Tokyo?"})
+    assert status == 200, body
+    events = events_of(body)
+    kinds = [name for name, _ in events]
+    # Thinking, the call, the step's end, the result; thinking and the answer.
+    shape = [kind for kind, _ in itertools.groupby(kinds)]
+    assert shape == [
+        "reasoning",
+        "tool_call",
+        "finish",
+        "tool_result",
+        "reasoning",
+        "message",
+        "finish",
+        "usage",
+        "message",
+    ]
+    [(_, call)] = [event for event in events if event[0] == "tool_call"]
+    assert (call["name"], json.loads(call["arguments"])) == (
+        "current_time",
+        {"timezone": "Asia/Tokyo"},
+    )
+    [(_, result)] = [event for event in events if event[0] == "tool_result"]
+    assert result["id"] == call["id"] and result["output"].endswith("+09:00")
+    assert [data for kind, data in events if kind == "finish"] == [
+        {"reason": "tool_calls"},
+        {"reason": "stop"},
+    ]
+    assert events[-1] == DONE
 
 
 def test_the_server_runs_a_tool_and_asks_the_model_again_in_the_same_response(
