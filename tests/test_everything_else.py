@@ -231,7 +231,28 @@ def timed_body(
                 reads.append((time.monotonic() - started, data))
     finally:
         conn.close()
-    return b"".join(data for _, data in reads), reads
+    body = b"".join(data for _, data in reads)
+    assert FAKE_API_KEY.encode() not in body
+    return body, reads
+
+
+def leave_at(server: Server, script: Script, needle: bytes) -> None:
+    """Ask on ``/completions/chat``, read until ``needle``, and close the connection."""
+    conn = server.connection(timeout=10)
+    payload = json.dumps({"prompt": f"go {script.marker}"}).encode()
+    try:
+        conn.request(
+            "POST", "/completions/chat", payload, {"Content-Type": "application/json"}
+        )
+        response: http.client.HTTPResponse = conn.getresponse()
+        received = b""
+        while needle not in received:
+            data = response.read1(65536)
+            assert data, f"the answer ended before {needle!r}: {received!r}"
+            received += data
+        response.close()
+    finally:
+        conn.close()
 
 
 def arrival(reads: list[tuple[float, bytes]], needle: bytes) -> float:
@@ -778,22 +799,3 @@ def test_a_client_that_leaves_during_a_tool_run_gets_no_further_model_call(
     leave_at(tools, first, b"event: tool_call")
     time.sleep(seconds + 1.0)  # the tool's run, and the time a request would take
     assert len(first.requests) == 1
-
-
-def leave_at(server: Server, script: Script, needle: bytes) -> None:
-    """Ask on ``/completions/chat``, read until ``needle``, and close the connection."""
-    conn = server.connection(timeout=10)
-    payload = json.dumps({"prompt": f"go {script.marker}"}).encode()
-    try:
-        conn.request(
-            "POST", "/completions/chat", payload, {"Content-Type": "application/json"}
-        )
-        response: http.client.HTTPResponse = conn.getresponse()
-        received = b""
-        while needle not in received:
-            data = response.read1(65536)
-            assert data, f"the answer ended before {needle!r}: {received!r}"
-            received += data
-        response.close()
-    finally:
-        conn.close()
