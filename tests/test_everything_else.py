@@ -360,18 +360,18 @@ def test_a_refusal_is_an_event_of_its_own_and_raw_text_says_it(
 def test_chat_tool_calls_are_assembled_from_fragments_in_any_order_and_relayed(
     plain: Server, upstream: FakeUpstream
 ) -> None:
-    """Parallel calls interleaved, a name split over fragments, a name that comes
-    late, the whole name repeated: each call once, arguments exactly as sent (even
-    when they are not JSON). Without tools configured, nothing runs."""
+    """Parallel calls interleaved, a name split over fragments, an id and a name
+    that come late, the whole name repeated: each call once, arguments exactly as
+    sent (even when they are not JSON). Without tools configured, nothing runs."""
     script = upstream.script(
         Text("Looking."),
         ToolCallFragment(0, id="call_a", name="get_", arguments=""),
-        ToolCallFragment(1, id="call_b", arguments='{"q"'),  # its name comes late
+        ToolCallFragment(1, arguments='{"q"'),  # its id and name come late
         ToolCallFragment(0, name="weather", arguments='{"city":  '),
         ToolCallFragment(1, arguments=': "x"'),  # never closed: sent as it is
         ToolCallFragment(0, name="", arguments='"Paris" }'),
-        ToolCallFragment(1, name="search"),
-        ToolCallFragment(1, name="search"),  # the whole name again
+        ToolCallFragment(1, id="call_b", name="search"),
+        ToolCallFragment(1, id="call_b", name="search"),  # the whole name again
         Finish("tool_calls"),
         Usage(9, 4),
         Done(),
