@@ -23,7 +23,14 @@ from openai._models import FinalRequestOptions
 
 from shared.config import PLACEHOLDER_API_KEY, Settings
 from shared.demo import DEMO_BASE_URL, DemoTransport
-from shared.streaming import FollowUp, Opener, Step, Tools, responses_input
+from shared.streaming import (
+    FollowUp,
+    Opener,
+    Step,
+    Tools,
+    register_secret,
+    responses_input,
+)
 from shared.transport import LeanTransport
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,10 @@ class Upstream:
     def __init__(self, settings: Settings, tools: Tools | None = None) -> None:
         self.settings = settings
         self.tools = tools or Tools(())
+        if settings.api_key:
+            # Whatever quotes it (an upstream's message, a tool's error) hides it,
+            # even a key no pattern recognises (an Azure key is 32 hex digits).
+            register_secret(settings.api_key)
         self._client: openai.OpenAI | None = None
         self._lock = threading.Lock()
         if settings.uses_demo:
