@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.client import error_of, get_chat, parse_sse, post_json, texts
-from tests.conftest import CORS_ORIGIN, MAX_PROMPT_CHARS
+from tests.conftest import ALL_KINDS, CORS_ORIGIN, MAX_PROMPT_CHARS, ServerPool
 from tests.fake_upstream import (
     Abort,
     Done,
@@ -405,11 +405,20 @@ def test_an_upstream_404_says_what_to_check(server: Server, fake: FakeUpstream) 
     )
 
 
+@pytest.fixture(params=ALL_KINDS, ids=lambda kind: kind.name)
+def unretrying_server(request: pytest.FixtureRequest, pool: ServerPool) -> Server:
+    """A server whose SDK doesn't retry: an upstream timeout is one timeout long,
+    not three (the retries' own tests are in ``tests/test_upstream_faults.py``)."""
+    return pool.get(request.param, "no-retries")
+
+
 def test_upstream_timeout_before_the_first_byte_is_504(
-    server: Server, fake: FakeUpstream
+    unretrying_server: Server, upstream: FakeUpstream
 ) -> None:
     """Raw text has no keep-alive: its first byte waits for the upstream's."""
     from tests.conftest import UPSTREAM_TIMEOUT_SECONDS
+
+    server, fake = unretrying_server, upstream
 
     script = fake.script(
         Text("late"), Done(), headers_delay=UPSTREAM_TIMEOUT_SECONDS + 6
@@ -422,12 +431,14 @@ def test_upstream_timeout_before_the_first_byte_is_504(
 
 
 def test_upstream_timeout_after_the_first_keepalive_is_an_error_event(
-    server: Server, fake: FakeUpstream
+    unretrying_server: Server, upstream: FakeUpstream
 ) -> None:
     """SSE: an upstream that holds back its headers is silence like any other, so
     the first keep-alive (a first byte) goes out one interval after the request,
     before a longer upstream timeout can be answered with a status."""
     from tests.conftest import KEEPALIVE_SECONDS, UPSTREAM_TIMEOUT_SECONDS
+
+    server, fake = unretrying_server, upstream
 
     assert KEEPALIVE_SECONDS < UPSTREAM_TIMEOUT_SECONDS
     script = fake.script(
