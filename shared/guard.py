@@ -26,7 +26,13 @@ from typing import Any
 from shared.config import Settings
 from shared.pages import JSON_CONTENT_TYPE
 from shared.ratelimit import RateLimiter
-from shared.streaming import Headers, StreamError, check_body_size, check_site
+from shared.streaming import (
+    Headers,
+    StreamError,
+    check_body_size,
+    check_site,
+)
+from shared.streaming import method_not_allowed as refuse_method
 
 # The app's own check: given the framework's request, may it spend the key?
 Authorize = Callable[[Any], bool]
@@ -46,12 +52,9 @@ _HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::[0-9]+)?")
 
 def method_not_allowed(method: str, allowed: Collection[str]) -> StreamError:
     """405 for ``method``; ``Allow`` names ``allowed`` and OPTIONS (every route's)."""
-    return StreamError(
-        405,
-        f"Use {' or '.join(allowed)} here, got {method[:20]!r}.",
-        "method_not_allowed",
-        {"Allow": ", ".join([*allowed, "OPTIONS"])},
-    )
+    error = refuse_method(method, allowed)
+    error.headers["Allow"] = ", ".join([*allowed, "OPTIONS"])
+    return error
 
 
 # What the contract's JSON says for errors the framework or server raises itself.

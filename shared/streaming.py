@@ -526,15 +526,19 @@ def check_request(
     """
     method = environ.get("REQUEST_METHOD", "")
     if method not in methods:
-        allowed = ", ".join(methods)
-        raise StreamError(
-            405,
-            f"Use {' or '.join(methods)} here, got {method[:20]!r}.",
-            "method_not_allowed",
-            {"Allow": allowed},
-        )
+        raise method_not_allowed(method, methods)
     check_site(_EnvironHeaders(environ), settings.cors_origins)
     check_body_size(environ.get("CONTENT_LENGTH"), settings.max_body_bytes)
+
+
+def method_not_allowed(method: str, allowed: Collection[str]) -> StreamError:
+    """405 for ``method``, whose ``Allow`` names the ``allowed`` methods."""
+    return StreamError(
+        405,
+        f"Use {' or '.join(allowed)} here, got {method[:20]!r}.",
+        "method_not_allowed",
+        {"Allow": ", ".join(allowed)},
+    )
 
 
 class Headers(Protocol):
@@ -1744,8 +1748,8 @@ class _Relay:
                 _log_bug(exc)
                 error = StreamError(500, *_SERVER_FAILED)
             events: list[Event] = [Error(error.message, error.type)]
-            if self._hooks.on_event:
-                self._hooks.on_event(events[0])
+            if self._hooks.want_events:
+                self._hooks.events(events)
             yield encoder.encode(events)
 
     def _output(self, deadline: float | None) -> object:
