@@ -74,7 +74,7 @@ PART_FIELDS = {
     "tool-output-available": {"type", "toolCallId", "output"},
     "tool-output-error": {"type", "toolCallId", "errorText"},
     "finish-step": {"type"},
-    "finish": {"type", "messageMetadata"},
+    "finish": {"type", "messageMetadata"},  # metadata: what is known, if anything
     "error": {"type", "errorText"},
     "abort": {"type"},
 }
@@ -192,13 +192,17 @@ def parts_of(body: bytes) -> list[Part]:
 def check_fields(part: Part) -> None:
     """Exactly the fields of the part's schema, strings where strings are due."""
     assert part["type"] in PART_FIELDS, part
-    assert set(part) == PART_FIELDS[part["type"]], part
+    fields = PART_FIELDS[part["type"]]
+    if part["type"] == "finish":
+        assert set(part) <= fields, part
+    else:
+        assert set(part) == fields, part
     for name in STRING_FIELDS & set(part):
         assert isinstance(part[name], str), part
     if part["type"] == "start":
         assert part["messageId"].startswith("msg-"), part
     if part["type"] == "finish":
-        metadata = part["messageMetadata"]
+        metadata = part.get("messageMetadata", {})
         assert set(metadata) <= {"finishReason", "usage"}, part
         assert isinstance(metadata.get("finishReason", ""), str), part
         usage = metadata.get("usage", {})
@@ -697,6 +701,48 @@ def test_server_run_tools_stream_their_input_and_output_in_the_step(
     assert len(script.requests) == 2
 
 
+def test_a_tool_run_over_the_responses_api_streams_the_same_parts(
+    pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
+) -> None:
+    """``OPENAI_CHAT_API=responses``: its function call (which the Responses API
+    streams as whole items, no fragments to relay) runs, its output is sent, and the
+    next call (given the call and its output as input items) is the next step."""
+    server = pool.get(kind, "tools-responses")
+    then = upstream.script(Text("It is 5."), Usage(30, 4), Done())
+    script = upstream.script(
+        Reasoning("Adding."),
+        Text("Let me add."),
+        FunctionCall("call_1", "add", '{"a": 2, "b": 3}'),
+        Usage(10, 6),
+        Done(),
+        then=then,
+    )
+    _, parts = answer(server, script)
+    check_order(parts)
+    start, *deltas, given, output = of_call(parts, "call_1")
+    assert (start["type"], start["toolName"]) == ("tool-input-start", "add")
+    assert "".join(d["inputTextDelta"] for d in deltas) in ("", '{"a": 2, "b": 3}')
+    assert (given["type"], given["input"]) == ("tool-input-available", {"a": 2, "b": 3})
+    assert output == {
+        "type": "tool-output-available",
+        "toolCallId": "call_1",
+        "output": "5",
+    }
+    assert said(parts) == [
+        ("reasoning", "Adding."),
+        ("text", "Let me add."),
+        ("text", "It is 5."),
+    ]
+    assert kinds(parts).count("start-step") == 2
+    assert parts[-1] == finish("stop", (40, 10))
+    second = script.requests[1].json["input"]
+    assert {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": "5",
+    } in second
+
+
 def test_a_relayed_tool_call_has_no_output_and_finishes_the_answer(
     plain: Server, upstream: FakeUpstream
 ) -> None:
@@ -744,12 +790,16 @@ def test_upstream_errors_before_the_first_byte_are_the_json_errors_of_the_others
     assert (response[0], error_of(response)["type"]) == (502, "upstream_error")
 
 
-def test_a_failure_after_the_first_byte_is_an_error_part_then_done(
+def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
     plain: Server, upstream: FakeUpstream
 ) -> None:
-    """And the upstream's silence before it is filled with keep-alive comments."""
+    """A keep-alive comment one interval into the upstream's silence, before the
+    ``start`` (which waits for the model's first output) and within the answer; a
+    failure after the first byte is an ``error`` part, ``[DONE]``, and nothing
+    else: no ``finish``, nothing the upstream sends after it."""
     silence = 2 * KEEPALIVE_SECONDS
     script = upstream.script(
+        Sleep(silence),
         Text("partial"),
         Sleep(silence),
         ErrorEvent("The model crashed"),
@@ -757,6 +807,7 @@ def test_a_failure_after_the_first_byte_is_an_error_part_then_done(
         Done(),
     )
     body, parts = answer(plain, script)
+    assert re.match(rb'(: keep-alive\n\n)+data: \{"type":"start",', body), body
     check_order(parts)
     assert said(parts) == [("text", "partial")]
     assert parts[-1]["type"] == "error" and parts[-1]["errorText"]
@@ -940,7 +991,8 @@ def test_reasoning_and_text_alternating_are_parts_of_their_own() -> None:
     parts = parts_of(
         encode(
             [core.Reasoning("a"), core.Text("b"), core.Reasoning("c")],
-            [core.Reasoning("d"), core.Refusal("e"), core.Text("f")],
+            [core.Reasoning("d")],
+            [core.Refusal("e")],
             [core.Finish("length")],
         )
     )
@@ -949,7 +1001,7 @@ def test_reasoning_and_text_alternating_are_parts_of_their_own() -> None:
         ("reasoning", "a"),
         ("text", "b"),
         ("reasoning", "cd"),
-        ("text", "ef"),
+        ("text", "e"),
     ]
     assert parts[-1] == finish("length")
 
@@ -1033,10 +1085,19 @@ def test_conversion_of_tool_parts_with_odd_outputs() -> None:
     assert messages[4] == {"role": "assistant", "content": "After."}
 
 
-def test_conversion_refuses_what_it_cannot_send_naming_it() -> None:
+def test_conversion_keeps_text_sendable_and_refuses_a_malformed_tool_part() -> None:
+    """A lone surrogate (half an emoji, cut in the JSON) becomes U+FFFD, as on the
+    other routes; a tool part whose call id is not a string is a 400."""
+    assert ui_request(message("user", text("cut \ud83d"))) == [
+        {"role": "user", "content": "cut \ufffd"}
+    ]
+    malformed = {
+        "type": "tool-a",
+        "toolCallId": 5,
+        "state": "output-available",
+        "input": {},
+        "output": "x",
+    }
     with pytest.raises(core.StreamError) as caught:
-        ui_request(message("user", text("hi"), {"type": "file", "url": "x"}))
-    assert caught.value.status == 400 and "'file'" in caught.value.message
-    with pytest.raises(core.StreamError) as caught:
-        ui_request(message("user", text("x" * (MAX_PROMPT_CHARS + 1))))
+        ui_request(message("user", text("hi")), message("assistant", malformed))
     assert caught.value.status == 400
