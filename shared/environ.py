@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.config import Settings
+from shared.streaming import json_body
 from shared.ui_message_stream import messages_from_ui
-from shared.validation import json_body, prompt_from_query, request_body
+from shared.validation import prompt_from_query, request_body
 
 
 def query_prompt(environ: Mapping[str, Any], settings: Settings) -> str:

@@ -130,6 +130,7 @@ __all__ = [
     "check_site",
     "client_socket_of",
     "encoded_stream",
+    "json_body",
     "end_open_streams",
     "open_upstream",
     "register_secret",
@@ -584,6 +585,28 @@ def body_too_large(limit: int) -> StreamError:
     return StreamError(
         413, f"The body is over the limit of {limit} bytes.", "payload_too_large"
     )
+
+
+def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A POST body, which must be a JSON object sent as ``application/json``.
+
+    ``415`` for another type: with the cross-site refusal, this is what keeps a
+    form on another site from posting to the view (a form can't send JSON).
+    """
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise StreamError(
+            415,
+            f"Send the body as application/json, got {content_type or 'no type'!r}.",
+            "unsupported_media_type",
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise StreamError(400, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise StreamError(400, "The body must be a JSON object.")
+    return data
 
 
 def client_socket_of(environ: Mapping[str, Any]) -> socket.socket | None:
