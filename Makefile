@@ -57,7 +57,13 @@ $(OPENAI2_STAMP): tests/openai2/requirements.txt
 	$(OPENAI2_VENV)/bin/python -m pip install --quiet -r tests/openai2/requirements.txt
 	touch $(OPENAI2_STAMP)
 
-test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) ## Run the whole test suite (starts every server mode once)
+# The Vercel AI SDK's chat client at three versions, and the Node 22 the newest needs,
+# for tests/test_use_chat_client.py.
+tests/ai_sdk/node_modules: tests/ai_sdk/package.json tests/ai_sdk/package-lock.json
+	cd tests/ai_sdk && npm ci --no-audit --no-fund
+	touch $@
+
+test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) tests/ai_sdk/node_modules ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
 
 # examples/ import the core as the copy beside them, `streaming`: type-checked apart,
