@@ -130,6 +130,7 @@ __all__ = [
     "check_site",
     "client_socket_of",
     "encoded_stream",
+    "json_body",
     "end_open_streams",
     "open_upstream",
     "register_secret",
@@ -586,6 +587,28 @@ def body_too_large(limit: int) -> StreamError:
     )
 
 
+def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A POST body, which must be a JSON object sent as ``application/json``.
+
+    ``415`` for another type: with the cross-site refusal, this is what keeps a
+    form on another site from posting to the view (a form can't send JSON).
+    """
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise StreamError(
+            415,
+            f"Send the body as application/json, got {content_type or 'no type'!r}.",
+            "unsupported_media_type",
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise StreamError(400, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise StreamError(400, "The body must be a JSON object.")
+    return data
+
+
 def client_socket_of(environ: Mapping[str, Any]) -> socket.socket | None:
     """The client's socket in the WSGI environ, for ``client_socket=``: with it a
     client that leaves is noticed even while the upstream is silent.
@@ -776,6 +799,14 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of two model calls together (an answer that ran tools)."""
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -1240,20 +1271,10 @@ class SseEncoder:
             case Finish(reason):
                 return _named_event("finish", {"reason": reason})
             case Usage():  # sent at the end: after the last step's finish
-                self._usage = _added(self._usage, event)
+                self._usage = event if self._usage is None else self._usage + event
             case Error(message, type):
                 return _named_event("error", {"message": message, "type": type})
         return b""  # a tool call's fragments: the whole call is sent
-
-
-def _added(total: Usage | None, usage: Usage) -> Usage:
-    if total is None:
-        return usage
-    return Usage(
-        total.prompt_tokens + usage.prompt_tokens,
-        total.completion_tokens + usage.completion_tokens,
-        total.total_tokens + usage.total_tokens,
-    )
 
 
 class TextEncoder:

@@ -6,7 +6,6 @@ parsed request, so that the same request gets the same answer, bad or good.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict, final
@@ -164,24 +163,6 @@ def read_body(read: Callable[[int], bytes], limit: int) -> bytes:
     if size > limit:
         raise body_too_large(limit)
     return b"".join(parts)
-
-
-def json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
-    """Parse a POST body, which must be a JSON object sent as ``application/json``."""
-    media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise StreamError(
-            415,
-            f"Send the body as application/json, got {content_type or 'no type'!r}.",
-            "unsupported_media_type",
-        )
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise StreamError(400, "The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise StreamError(400, "The body must be a JSON object.")
-    return data
 
 
 def messages_from_json(

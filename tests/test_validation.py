@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.streaming import StreamError
+from shared.streaming import StreamError, json_body
 from shared.validation import (
-    json_body,
     messages_from_json,
     prompt_from_query,
     query_fields,
