@@ -214,14 +214,14 @@ def check_order(parts: list[Part]) -> None:
     delta of a part it has not seen start, or an output of a call it has no input
     of), and the brief's.
 
-    ``start`` first; then steps, each ``start-step`` ... ``finish-step``; then
-    ``finish`` (or an ``error`` last). In a step: a text or reasoning part's deltas
-    between its start and its end, one such part open at a time and ended before a
-    tool call starts, ids unique in the message; a tool call's start, deltas,
-    input, then at most one output, and no call left without its input when the
-    step ends.
+    ``start`` first (an ``error`` alone if the stream failed before any output);
+    then steps, each ``start-step`` ... ``finish-step``; then ``finish`` (or an
+    ``error`` last). In a step: a text or reasoning part's deltas between its
+    start and its end, one such part open at a time and ended before a tool call
+    starts, ids unique in the message; a tool call's start, deltas, input, then at
+    most one output, and no call left without its input when the step ends.
     """
-    assert parts[0]["type"] == "start", parts
+    assert parts[0]["type"] == "start" or kinds(parts) == ["error"], parts
     in_step, open_part, seen = False, None, set()
     calls: dict[str, str] = {}  # toolCallId: "start", "input" or "output"
     for index, part in enumerate(parts[1:], 1):
@@ -793,13 +793,12 @@ def test_upstream_errors_before_the_first_byte_are_the_json_errors_of_the_others
 def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
     plain: Server, upstream: FakeUpstream
 ) -> None:
-    """A keep-alive comment one interval into the upstream's silence, before the
-    ``start`` (which waits for the model's first output) and within the answer; a
+    """A keep-alive comment one interval into the upstream's silence, within the
+    answer or before it (then before any part: ``start`` waits for the model); a
     failure after the first byte is an ``error`` part, ``[DONE]``, and nothing
     else: no ``finish``, nothing the upstream sends after it."""
     silence = 2 * KEEPALIVE_SECONDS
     script = upstream.script(
-        Sleep(silence),
         Text("partial"),
         Sleep(silence),
         ErrorEvent("The model crashed"),
@@ -807,7 +806,6 @@ def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
         Done(),
     )
     body, parts = answer(plain, script)
-    assert re.match(rb'(: keep-alive\n\n)+data: \{"type":"start",', body), body
     check_order(parts)
     assert said(parts) == [("text", "partial")]
     assert parts[-1]["type"] == "error" and parts[-1]["errorText"]
@@ -817,6 +815,12 @@ def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
     partial = body.index(b'"partial"')
     assert body.index(KEEPALIVE + b"\n\n", partial) < body.index(b'"type":"error"')
     assert b"never" not in body
+    # The upstream refuses after a keep-alive went out: too late for a status.
+    refused = {"message": "Too long.", "type": "invalid_request_error"}
+    late = upstream.script(status=400, body={"error": refused}, headers_delay=silence)
+    body, parts = answer(plain, late)
+    assert re.fullmatch(rb"(: keep-alive\n\n)+data: .*\n\ndata: \[DONE\]\n\n", body)
+    assert parts == [{"type": "error", "errorText": "Too long."}]
 
 
 def test_a_client_that_leaves_cancels_the_upstream_within_a_second(
