@@ -991,6 +991,33 @@ def test_a_step_of_tool_calls_alone_and_the_next_step() -> None:
     assert parts[-1] == finish("stop", (8, 3))
 
 
+@pytest.mark.parametrize(
+    ("api", "ending", "reason"),
+    [
+        ("chat", (Finish("length"), Usage(6, 7), Done()), "length"),
+        ("chat", (Finish("content_filter"), Usage(6, 7), Done()), "content_filter"),
+        ("responses", (Usage(6, 7), Finish("max_output_tokens")), "length"),
+        ("responses", (Usage(6, 7), Finish("content_filter")), "content_filter"),
+        ("responses", (Usage(6, 7), Done()), "stop"),
+    ],
+    ids=[
+        "chat-length",
+        "chat-content_filter",
+        "responses-incomplete",
+        "responses-filtered",
+        "responses-completed",
+    ],
+)
+def test_the_finish_reason_is_the_one_the_sse_routes_say(
+    api: str, ending: tuple[Step, ...], reason: str
+) -> None:
+    """An answer cut by a token limit is never mistaken for a whole one."""
+    parts = parts_of(encoded(api, Text("Part"), *ending))
+    check_order(parts)
+    assert said(parts) == [("text", "Part")]
+    assert parts[-1] == finish(reason, (6, 7))
+
+
 def test_reasoning_and_text_alternating_are_parts_of_their_own() -> None:
     parts = parts_of(
         encode(
