@@ -13,10 +13,13 @@ handler500 = "django_project.errors.server_error"
 urlpatterns = [
     path("", views.index),
     path("assets/<str:name>", views.page_asset),
+    path("use-chat", views.use_chat_page),
+    path("use-chat/<str:name>", views.use_chat_asset),
     path("healthz", views.healthz),
     path("completion", views.completion),
     path("completionChat", views.completion_chat),
     path("completions/chat", views.completions_chat),
     path("api/stream", views.api_stream),
+    path("api/chat", views.api_chat),
     path("admin/", admin.site.urls),
 ]

@@ -19,9 +19,15 @@ from django.views.decorators.debug import sensitive_variables
 from django_project.apps import StreamConfig
 from django_project.errors import json_error
 from shared.config import Settings
-from shared.environ import json_object, query_prompt
+from shared.environ import json_object, query_prompt, ui_messages
 from shared.guard import Guard, cors_headers, method_not_allowed
-from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
+from shared.pages import (
+    JSON_CONTENT_TYPE,
+    asset,
+    health_body,
+    index_page,
+    use_chat_file,
+)
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
@@ -30,6 +36,7 @@ from shared.streaming import (
     sse_frames,
     text_stream,
 )
+from shared.ui_message_stream import UI_MESSAGE_STREAM_HEADERS, ui_message_stream
 from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
@@ -138,6 +145,20 @@ def page_asset(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @guarded("GET", streaming=False)
+def use_chat_page(request: HttpRequest) -> HttpResponse:
+    """The useChat example page (``make chat-ui`` builds it)."""
+    body, headers = use_chat_file()
+    return HttpResponse(body, headers=headers)
+
+
+@guarded("GET", streaming=False)
+def use_chat_asset(request: HttpRequest, name: str) -> HttpResponse:
+    """The useChat example's script and style."""
+    body, headers = use_chat_file(name)
+    return HttpResponse(body, headers=headers)
+
+
+@guarded("GET", streaming=False)
 def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness, and which upstream answers (the page shows it)."""
     body = health_body(_settings())
@@ -179,3 +200,17 @@ def api_stream(request: HttpRequest) -> StreamingHttpResponse:
         client_socket=client_socket_of(request.META),
     )
     return StreamingHttpResponse(text, headers=TEXT_HEADERS)
+
+
+@guarded("POST")
+def api_chat(request: HttpRequest) -> StreamingHttpResponse:
+    """Answer the Vercel AI SDK's ``useChat`` in its UI message stream."""
+    answer = _upstream().chat(ui_messages(request.META, _settings()))
+    body = ui_message_stream(
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
+        keepalive_seconds=_settings().keepalive_seconds,
+        client_socket=client_socket_of(request.META),
+    )
+    return StreamingHttpResponse(body, headers=UI_MESSAGE_STREAM_HEADERS)

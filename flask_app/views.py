@@ -14,9 +14,15 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from flask_app.errors import json_error
 from shared.config import Settings
-from shared.environ import json_object, query_prompt
+from shared.environ import json_object, query_prompt, ui_messages
 from shared.guard import Guard, cors_headers
-from shared.pages import JSON_CONTENT_TYPE, asset, health_body, index_page
+from shared.pages import (
+    JSON_CONTENT_TYPE,
+    asset,
+    health_body,
+    index_page,
+    use_chat_file,
+)
 from shared.streaming import (
     SSE_HEADERS,
     TEXT_HEADERS,
@@ -25,6 +31,7 @@ from shared.streaming import (
     sse_frames,
     text_stream,
 )
+from shared.ui_message_stream import UI_MESSAGE_STREAM_HEADERS, ui_message_stream
 from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
@@ -137,6 +144,20 @@ def page_asset(name: str) -> Response:
     return Response(body, headers=headers)
 
 
+@route("/use-chat", "GET", streaming=False)
+def use_chat_page() -> Response:
+    """The useChat example page (``make chat-ui`` builds it)."""
+    body, headers = use_chat_file()
+    return Response(body, headers=headers)
+
+
+@route("/use-chat/<name>", "GET", streaming=False)
+def use_chat_asset(name: str) -> Response:
+    """The useChat example's script and style."""
+    body, headers = use_chat_file(name)
+    return Response(body, headers=headers)
+
+
 @route("/healthz", "GET", streaming=False)
 def healthz() -> Response:
     """Liveness, and which upstream answers (the page shows it)."""
@@ -179,3 +200,17 @@ def api_stream() -> Response:
         client_socket=client_socket_of(request.environ),
     )
     return Response(text, headers=TEXT_HEADERS)
+
+
+@route("/api/chat", "POST")
+def api_chat() -> Response:
+    """Answer the Vercel AI SDK's ``useChat`` in its UI message stream."""
+    answer = _upstream().chat(ui_messages(request.environ, _settings()))
+    body = ui_message_stream(
+        answer.opener,
+        tools=answer.tools,
+        follow_up=answer.follow_up,
+        keepalive_seconds=_settings().keepalive_seconds,
+        client_socket=client_socket_of(request.environ),
+    )
+    return Response(body, headers=UI_MESSAGE_STREAM_HEADERS)

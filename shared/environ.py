@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.config import Settings
+from shared.ui_message_stream import messages_from_ui
 from shared.validation import json_body, prompt_from_query, request_body
 
 
@@ -24,3 +25,8 @@ def json_object(environ: Mapping[str, Any], settings: Settings) -> dict[str, Any
     """The JSON object a POST route was sent (400, 413 or 415 otherwise)."""
     body = request_body(environ, settings.max_body_bytes)
     return json_body(body, environ.get("CONTENT_TYPE"))
+
+
+def ui_messages(environ: Mapping[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """The chat messages of the body ``useChat`` posts (400, 413 or 415 otherwise)."""
+    return messages_from_ui(json_object(environ, settings), settings.max_prompt_chars)

@@ -15,7 +15,10 @@ from pathlib import Path
 from shared.config import Settings
 from shared.streaming import StreamError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+ROOT_DIR = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = ROOT_DIR / "templates"
+# The useChat example page, built from chat_ui/ by `make chat-ui`.
+USE_CHAT_DIR = ROOT_DIR / "chat_ui" / "dist"
 ASSETS_DIR = TEMPLATES_DIR / "assets"
 JSON_CONTENT_TYPE = "application/json"
 ASSET_CONTENT_TYPES = {
@@ -66,6 +69,27 @@ def _assets() -> dict[str, Page]:
         for path in sorted(ASSETS_DIR.iterdir())
         if path.suffix in ASSET_CONTENT_TYPES
     }
+
+
+def use_chat_file(name: str = "index.html") -> Page:
+    """A file of the built ``useChat`` example by its bare name; 404 otherwise.
+
+    Read on each request, so that a page built after the server started is served.
+    """
+    types = {**ASSET_CONTENT_TYPES, ".html": "text/html; charset=utf-8"}
+    built = USE_CHAT_DIR.iterdir() if USE_CHAT_DIR.is_dir() else ()
+    path = next((p for p in built if p.name == name and p.suffix in types), None)
+    if path is None:
+        raise StreamError(
+            404,
+            f"The useChat example has no file {name[:40]!r}: build it with "
+            "`make chat-ui`.",
+            "not_found",
+        )
+    headers = {"Content-Type": types[path.suffix], "Cache-Control": NO_CACHE}
+    if path.suffix == ".html":
+        headers["Content-Security-Policy"] = PAGE_CSP
+    return path.read_bytes(), headers
 
 
 def health_body(settings: Settings) -> bytes:

@@ -777,6 +777,14 @@ class Usage:
     completion_tokens: int
     total_tokens: int
 
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of two model calls together (an answer that ran tools)."""
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.total_tokens + other.total_tokens,
+        )
+
     def as_dict(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -1240,20 +1248,10 @@ class SseEncoder:
             case Finish(reason):
                 return _named_event("finish", {"reason": reason})
             case Usage():  # sent at the end: after the last step's finish
-                self._usage = _added(self._usage, event)
+                self._usage = event if self._usage is None else self._usage + event
             case Error(message, type):
                 return _named_event("error", {"message": message, "type": type})
         return b""  # a tool call's fragments: the whole call is sent
-
-
-def _added(total: Usage | None, usage: Usage) -> Usage:
-    if total is None:
-        return usage
-    return Usage(
-        total.prompt_tokens + usage.prompt_tokens,
-        total.completion_tokens + usage.completion_tokens,
-        total.total_tokens + usage.total_tokens,
-    )
 
 
 class TextEncoder:
