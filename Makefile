@@ -13,10 +13,11 @@ BENCH_STAMP := $(VENV)/.installed-bench
 OPENAI2_VENV := .venv-openai2
 OPENAI2_STAMP := $(OPENAI2_VENV)/.installed
 EXPRESS := bench/express
+CHAT_UI := chat_ui
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-django dev-flask dev-django demo-upstream test check screenshot bench
+.PHONY: help install run run-django dev-flask dev-django demo-upstream test check screenshot bench chat-ui
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,10 +37,10 @@ $(CHROMIUM) $(REDIS) $(NGINX) &:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium redis-server nginx
 
-run: $(STAMP) ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
+run: $(STAMP) chat-ui ## Serve the Flask app under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) "flask_app:create_app()"
 
-run-django: $(STAMP) ## Serve the Django project under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
+run-django: $(STAMP) chat-ui ## Serve the Django project under gunicorn+gevent on http://127.0.0.1:8000 (PORT=...)
 	$(BIN)/python manage.py migrate --verbosity 0
 	$(BIN)/gunicorn -c gunicorn.conf.py -b 127.0.0.1:$(PORT) django_project.wsgi
 
@@ -63,8 +64,22 @@ tests/ai_sdk/node_modules: tests/ai_sdk/package.json tests/ai_sdk/package-lock.j
 	cd tests/ai_sdk && npm ci --no-audit --no-fund
 	touch $@
 
-test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) tests/ai_sdk/node_modules ## Run the whole test suite (starts every server mode once)
+test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) tests/ai_sdk/node_modules chat-ui ## Run the whole test suite (starts every server mode once)
 	$(BIN)/python -m pytest
+
+# The useChat example page (GET /use-chat): React and the AI SDK from npm, bundled by
+# esbuild. The SDK declares Node >= 22 but only runs in the browser here: the build
+# needs nothing but esbuild, so Node 20 does (--loglevel=error: npm's EBADENGINE
+# warnings say otherwise). No install scripts: esbuild's binary comes as a package.
+$(CHAT_UI)/node_modules: $(CHAT_UI)/package.json $(CHAT_UI)/package-lock.json
+	cd $(CHAT_UI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(CHAT_UI)/dist/app.js: $(CHAT_UI)/node_modules $(CHAT_UI)/build.mjs $(CHAT_UI)/index.html \
+		$(wildcard $(CHAT_UI)/src/*)
+	cd $(CHAT_UI) && node build.mjs
+
+chat-ui: $(CHAT_UI)/dist/app.js ## Build the useChat example page into chat_ui/dist
 
 # examples/ import the core as the copy beside them, `streaming`: type-checked apart,
 # without the repo's config, whose IN_THIS_REPO is the other branch of that import.

@@ -253,8 +253,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "app.py").write_text(f"{NEW_FLASK_APP}\n{readme_block('flask-app')}")
     run_lines("flask-files", folder, shell)
     run_lines("django-files", folder, shell)
+    run_lines("use-chat-files", folder, shell)
+    with (folder / "app.py").open("a") as app:
+        app.write(f"\n{readme_block('use-chat-flask-app')}")
     with (folder / "mysite" / "urls.py").open("a") as urls:
         urls.write(f"\n{readme_block('django-urls')}")
+        urls.write(f"\n{readme_block('use-chat-django-urls')}")
     (folder / "buggy_view.py").write_text(
         buggy_view((folder / "flask_view.py").read_text())
     )
@@ -430,6 +434,16 @@ def expected_sse(prompt: str) -> bytes:
     )
 
 
+def post_use_chat(
+    server: Server, parts: list[dict[str, str]], headers: dict[str, str] | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """What ``useChat`` posts: one user message of ``parts``."""
+    message = {"id": "u1", "role": "user", "parts": parts}
+    body = {"id": "c1", "trigger": "submit-message", "messages": [message]}
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return server.request("POST", "/api/chat", json.dumps(body).encode(), headers)
+
+
 def get_chat(
     server: Server, headers: dict[str, str] | None = None, path: str = "/chat"
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
@@ -456,6 +470,46 @@ def test_the_answer_streams_byte_for_byte(copies: Copies, name: str) -> None:
     assert headers["Content-Type"] == SSE_CONTENT_TYPE
     assert headers["Cache-Control"] == "no-cache"
     assert body == expected_sse(PROMPT)
+
+
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_the_use_chat_view_answers_in_the_ui_message_stream(
+    copies: Copies, name: str
+) -> None:
+    status, headers, body = post_use_chat(
+        copies.server(name), [{"type": "text", "text": PROMPT}]
+    )
+    assert status == 200, body
+    assert headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert headers["Content-Type"] == SSE_CONTENT_TYPE
+    frames = body.split(b"\n\n")
+    assert frames[-2:] == [b"data: [DONE]", b""]
+    parts = [json.loads(frame.removeprefix(b"data: ")) for frame in frames[:-2]]
+    turn = demo_turn([{"role": "user", "content": PROMPT}])
+    deltas = {
+        kind: "".join(p["delta"] for p in parts if p["type"] == f"{kind}-delta")
+        for kind in ("reasoning", "text")
+    }
+    assert deltas == {"reasoning": turn.reasoning, "text": turn.text}
+    assert [p["type"] for p in parts[:2]] == ["start", "start-step"]
+    assert parts[-2:-1] == [{"type": "finish-step"}]
+    assert parts[-1]["messageMetadata"]["finishReason"] == turn.finish
+
+
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_the_use_chat_view_refuses_before_any_upstream_call(
+    copies: Copies, demo: DemoUpstream, name: str
+) -> None:
+    server = copies.server(name)
+    since = demo.log_size()
+    text = {"type": "text", "text": PROMPT}
+    status, _, body = post_use_chat(server, [{"type": "file", "url": "x"}])
+    assert (status, "'file'" in json.loads(body)["error"]["message"]) == (400, True)
+    status, _, body = post_use_chat(server, [text], {"Content-Type": "text/plain"})
+    assert status == 415, body
+    status, _, body = post_use_chat(server, [text], {"Sec-Fetch-Site": "cross-site"})
+    assert status == 403, body
+    assert chat_calls(demo, since) == 0
 
 
 @pytest.mark.parametrize(
