@@ -51,7 +51,14 @@ from tests.fake_upstream import (
     Usage,
     _Encoder,
 )
-from tests.servers import ALL_KINDS, DJANGO_GUNICORN, FLASK_GUNICORN, Server, ServerKind
+from tests.servers import (
+    ALL_KINDS,
+    DJANGO_GUNICORN,
+    FLASK_DEV,
+    FLASK_GUNICORN,
+    Server,
+    ServerKind,
+)
 from tests.test_lifecycle import CANCEL_BOUND_SECONDS, close_and_time
 
 ROUTE = "/api/chat"
@@ -793,10 +800,9 @@ def test_upstream_errors_before_the_first_byte_are_the_json_errors_of_the_others
 def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
     plain: Server, upstream: FakeUpstream
 ) -> None:
-    """A keep-alive comment one interval into the upstream's silence, within the
-    answer or before it (then before any part: ``start`` waits for the model); a
-    failure after the first byte is an ``error`` part, ``[DONE]``, and nothing
-    else: no ``finish``, nothing the upstream sends after it."""
+    """A keep-alive comment one interval into the upstream's silence; a failure
+    after the first byte is an ``error`` part, ``[DONE]``, and nothing else: no
+    ``finish``, nothing the upstream sends after it."""
     silence = 2 * KEEPALIVE_SECONDS
     script = upstream.script(
         Text("partial"),
@@ -815,9 +821,25 @@ def test_silence_is_kept_alive_and_a_later_failure_is_an_error_part_then_done(
     partial = body.index(b'"partial"')
     assert body.index(KEEPALIVE + b"\n\n", partial) < body.index(b'"type":"error"')
     assert b"never" not in body
-    # The upstream refuses after a keep-alive went out: too late for a status.
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(FLASK_DEV, id="flask-run"),
+        pytest.param(DJANGO_GUNICORN, id="django-gunicorn"),
+    ],
+)
+def test_a_refusal_after_a_keepalive_is_an_error_part_alone(
+    plain: Server, upstream: FakeUpstream
+) -> None:
+    """The upstream refuses after a keep-alive went out: too late for a status, and
+    no ``start`` before it, which waits for the model's first output. A slow
+    scenario, so on one server of each relay (threads, gevent), not four."""
     refused = {"message": "Too long.", "type": "invalid_request_error"}
-    late = upstream.script(status=400, body={"error": refused}, headers_delay=silence)
+    late = upstream.script(
+        status=400, body={"error": refused}, headers_delay=2 * KEEPALIVE_SECONDS
+    )
     body, parts = answer(plain, late)
     assert re.fullmatch(rb"(: keep-alive\n\n)+data: .*\n\ndata: \[DONE\]\n\n", body)
     assert parts == [{"type": "error", "errorText": "Too long."}]
