@@ -27,6 +27,7 @@ from shared.ui_message_stream import UiMessageEncoder, messages_from_ui
 from tests.client import Response, error_of, parse_sse, post_json
 from tests.conftest import (
     ACCESS_TOKEN,
+    CORS_ORIGIN,
     FAKE_API_KEY,
     KEEPALIVE_SECONDS,
     MAX_BODY_BYTES,
@@ -540,6 +541,29 @@ def test_not_json_wrong_method_and_cross_site_are_refused_before_the_upstream(
         response = plain.request("POST", ROUTE, body, headers)
         assert (response[0], error_of(response)["type"]) == (403, "cross_site_request")
     assert len(upstream.requests) == before
+
+
+def test_a_listed_origin_gets_its_preflight_and_cors_headers(
+    plain: Server, upstream: FakeUpstream
+) -> None:
+    """``STREAM_CORS_ORIGINS``: a page there may use this route, as the others."""
+    preflight = plain.request(
+        "OPTIONS",
+        ROUTE,
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+            "Sec-Fetch-Site": "cross-site",
+        },
+    )
+    assert preflight[0] == 204
+    assert preflight[1]["Access-Control-Allow-Origin"] == CORS_ORIGIN
+    script = upstream.script(Text("ok"), Finish("stop"), Done())
+    cross_site = {"Origin": CORS_ORIGIN, "Sec-Fetch-Site": "cross-site"}
+    status, headers, body = post_chat(plain, asking(script), headers=cross_site)
+    assert (status, headers["Access-Control-Allow-Origin"]) == (200, CORS_ORIGIN)
+    assert said(parts_of(body)) == [("text", "ok")]
 
 
 GUNICORN_KINDS = [
