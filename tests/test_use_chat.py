@@ -735,9 +735,9 @@ def test_server_run_tools_stream_their_input_and_output_in_the_step(
 def test_a_tool_run_over_the_responses_api_streams_the_same_parts(
     pool: ServerPool, upstream: FakeUpstream, kind: ServerKind
 ) -> None:
-    """``OPENAI_CHAT_API=responses``: its function call (which the Responses API
-    streams as whole items, no fragments to relay) runs, its output is sent, and the
-    next call (given the call and its output as input items) is the next step."""
+    """``OPENAI_CHAT_API=responses``: its function call streams (any argument
+    deltas making up the arguments) and runs, its output is sent, and the next
+    call (given the call and its output as input items) is the next step."""
     server = pool.get(kind, "tools-responses")
     then = upstream.script(Text("It is 5."), Usage(30, 4), Done())
     script = upstream.script(
