@@ -388,24 +388,29 @@ class UiMessageEncoder:
         self, delta: streaming.ToolCallDelta, parts: list[dict[str, Any]]
     ) -> None:
         """Chat Completions sends a call's id and name first, then its arguments in
-        pieces; parallel calls interleave by ``index``."""
+        pieces; parallel calls interleave by ``index``.
+
+        The call starts with its first piece of arguments: a client names the tool
+        part by the name ``tool-input-start`` gives, and some servers send the name
+        itself in pieces.
+        """
         self._close_part(parts)
         call = self._calls.setdefault(delta.index, _CallStart())
         call.id = call.id or delta.id
-        call.name = call.name or delta.name
+        if call.id not in self._started_calls:
+            call.name += delta.name or ""
         call.pending += delta.arguments
-        if call.id is None or call.name is None:
-            return  # sent once both are known
+        if call.id is None or not call.name or not call.pending:
+            return
         self._start_call(call.id, call.name, parts)
-        if call.pending:
-            parts.append(
-                {
-                    "type": "tool-input-delta",
-                    "toolCallId": call.id,
-                    "inputTextDelta": call.pending,
-                }
-            )
-            call.pending = ""
+        parts.append(
+            {
+                "type": "tool-input-delta",
+                "toolCallId": call.id,
+                "inputTextDelta": call.pending,
+            }
+        )
+        call.pending = ""
 
     def _start_call(self, call_id: str, name: str, parts: list[dict[str, Any]]) -> None:
         if call_id not in self._started_calls:
@@ -416,12 +421,12 @@ class UiMessageEncoder:
 
 
 class _CallStart:
-    """A tool call's fragments until its id and name are known."""
+    """A tool call's fragments: its id and name, and the arguments not yet sent."""
 
     def __init__(self) -> None:
         self.id: str | None = None
-        self.name: str | None = None
-        self.pending = ""  # arguments not yet sent
+        self.name = ""
+        self.pending = ""
 
 
 def _frames(parts: Iterable[Mapping[str, Any]]) -> bytes:
