@@ -43,6 +43,13 @@ def requests(fake: FakeUpstream) -> list[Request]:
             f'{{"message": "{script.marker}"}}'.encode(),
             json_type,
         ),
+        (
+            "POST",
+            "/api/chat",
+            b'{"messages": [{"role": "user", "parts": [{"type": "file"}]}]}',
+            json_type,
+        ),
+        ("GET", "/use-chat/missing.js", None, {}),
         ("GET", f"/completionChat?prompt={limited.marker}", None, {}),
         ("GET", "/completionChat", None, {}),
         ("POST", "/completions/chat", b"{", json_type),

@@ -48,11 +48,14 @@ def test_the_key_appears_in_no_response_and_no_log_line(
             answers.append(str(headers).encode() + body)
         # An unreachable upstream fails alike whatever the script: one is enough.
         for script in scripts if server in servers else scripts[:1]:
+            ui_text = {"type": "text", "text": f"k {script.marker}"}
+            ui_message = {"role": "user", "parts": [ui_text]}
             for response in (
                 get_chat(server, f"k {script.marker}"),
                 post_json(
                     server, "/completions/chat", {"prompt": f"k {script.marker}"}
                 ),
+                post_json(server, "/api/chat", {"messages": [ui_message]}),
             ):
                 answers.append(str(response[1]).encode() + response[2])
             try:
