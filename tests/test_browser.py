@@ -22,15 +22,12 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import (
     Browser,
-    ConsoleMessage,
-    Dialog,
     Locator,
-    Page,
     expect,
     sync_playwright,
 )
 
-from tests.chromium import launch
+from tests.chromium import WatchedPage, launch
 from tests.conftest import ServerPool
 from tests.fake_upstream import (
     Done,
@@ -77,24 +74,8 @@ def sse(data: object, event: str | None = None) -> str:
     return head + "".join(f"data: {line}\n" for line in text.split("\n")) + "\n"
 
 
-class ChatPage:
-    """The page, with what it logged: console errors and dialogs (none expected)."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.console_errors: list[str] = []
-        self.dialogs: list[str] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda error: self.console_errors.append(str(error)))
-        page.on("dialog", self._dialog)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.console_errors.append(message.text)
-
-    def _dialog(self, dialog: Dialog) -> None:
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
+class ChatPage(WatchedPage):
+    """The demo page, driven as a user would."""
 
     def open(self, server: Server) -> ChatPage:
         self.page.goto(f"http://127.0.0.1:{server.port}/")
