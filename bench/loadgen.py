@@ -69,6 +69,11 @@ class Load:
     ramp_seconds: float = 0.0
     deadline_seconds: float = 60.0
     start_seconds: float = 0.0  # when the first connection opens: see split()
+    # A resumable answer already under way: each request reads it on from this
+    # event (``Last-Event-ID``), expects the text without its first ``skipped``
+    # tokens, and times only the tokens the upstream sent after the request.
+    last_event_id: str | None = None
+    skipped: int = 0
 
 
 def _share(total: int, parts: int, part: int) -> int:
@@ -175,9 +180,12 @@ class Events:
 def request_bytes(load: Load) -> bytes:
     host = f"Host: 127.0.0.1:{load.port}\r\n"
     if load.api == "sse":
+        resume = load.last_event_id
         return (
             f"GET /completionChat?prompt={quote(load.prompt)} HTTP/1.1\r\n{host}"
-            "Accept: text/event-stream\r\n\r\n"
+            "Accept: text/event-stream\r\n"
+            + (f"Last-Event-ID: {resume}\r\n" if resume else "")
+            + "\r\n"
         ).encode()
     body = json.dumps(
         {
@@ -363,7 +371,7 @@ async def connection(
                 outcome.errors[str(exc) if isinstance(exc, Failure) else repr(exc)] += 1
                 alive = False
             else:
-                record(load.prompt, events, sent, outcome)
+                record(load, events, outcome)
             finally:
                 outcome.chunks += len(events.pieces)
                 if events.pieces:
@@ -373,7 +381,8 @@ async def connection(
                     outcome.all_started = max(outcome.all_started, first)
                     outcome.first_ended = min(outcome.first_ended, last)
                 if timed:
-                    outcome.arrivals += scenario.arrivals(events.pieces)
+                    since = sent if load.last_event_id else 0.0
+                    outcome.arrivals += scenario.arrivals(events.pieces, since)
             if not alive and client is not None:
                 client.close()
                 client = None
@@ -382,11 +391,11 @@ async def connection(
             client.close()
 
 
-def record(prompt: str, events: Events, sent: float, outcome: Outcome) -> None:
+def record(load: Load, events: Events, outcome: Outcome) -> None:
     text = "".join(piece for _, piece in events.pieces)
     if not events.done:
         outcome.errors["no [DONE]"] += 1
-    elif not scenario.is_correct(prompt, text):
+    elif not scenario.is_correct(load.prompt, text, load.skipped):
         outcome.errors["wrong text"] += 1
     else:
         outcome.ok += 1

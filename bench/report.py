@@ -25,6 +25,19 @@ from bench.targets import Target  # noqa: E402
 COLORS = {"ours": "#1f77b4", "baseline": "#9a9a9a", "floor": "#2ca02c"}
 
 
+@dataclass(frozen=True)
+class Readers:
+    """Many clients reading one resumable answer on from its first token."""
+
+    count: int
+    ok: int  # readers whose text was exact, from the second token to [DONE]
+    first_ms: tuple[float, float]  # p50, p99: request to the first event read
+    latency_ms: tuple[float, float] | None  # p50, p99 of the tokens sent meanwhile
+    cpu_us: float  # server CPU per chunk delivered
+    redis_cpu_us: float | None
+    redis_clients: tuple[int, int] | None  # before the readers, and at their peak
+
+
 @dataclass
 class Figures:
     """What was measured for one target; ``None`` where it was not measured."""
@@ -38,11 +51,19 @@ class Figures:
     streams_ok: int | None = None
     done_seconds: float | None = None  # until the last stream ended (or deadline)
     rss_kib: float | None = None  # per open stream
+    # The bench's Redis, for the targets that log to it: its CPU per chunk.
+    redis_cpu_us: list[float] = field(default_factory=list)  # one per CPU run
+    paced_redis_cpu_us: float | None = None
+    readers: Readers | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
     def cpu_median(self) -> float | None:
         return statistics.median(self.cpu_us) if self.cpu_us else None
+
+    @property
+    def redis_cpu_median(self) -> float | None:
+        return statistics.median(self.redis_cpu_us) if self.redis_cpu_us else None
 
 
 def percentile(values: list[float], q: float) -> float:

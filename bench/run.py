@@ -13,15 +13,21 @@ process, and stopped by its PID. The phases:
    since the machine is shared and noisy.
 3. Latency and memory: many concurrent streams at a token rate a model would
    produce; the upstream stamps each token so each chunk's delay can be measured.
+4. Readers (resumable targets only): many clients resuming one answer at once,
+   and the Redis connections the worker holds for them.
 
 Then, ``--runs`` times over with a fresh server per target each time (medians and
 spread in ``bench.capacity``):
 
-4. Opening: server CPU per request for a one-token answer, which is mostly the
+5. Opening: server CPU per request for a one-token answer, which is mostly the
    cost of opening a stream.
-5. Burst: many streams opened at once; time to first token, and whether the
+6. Burst: many streams opened at once; time to first token, and whether the
    server delivers the chunks as fast as the upstream offers them.
-6. Capacity: latency and CPU per chunk at several numbers of concurrent streams.
+7. Capacity: latency and CPU per chunk at several numbers of concurrent streams.
+
+The ``-redis`` targets log to a ``redis-server`` the run starts on 127.0.0.1 (and
+stops by its PID), emptied before each of their servers starts; its CPU time is
+reported beside theirs.
 
 Everything is bounded: each load has a deadline, and the load generator process is
 killed if it overruns it. Ctrl-C or SIGTERM kills every process the run started.
@@ -33,6 +39,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import http.client
 import json
 import math
 import multiprocessing
@@ -49,19 +56,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from bench import capacity, loadgen, procs, report
+from bench import capacity, costs, loadgen, procs, redis_server, report
 from bench.capacity import Burst, Curves, Level
 from bench.loadgen import Load, Outcome
-from bench.report import Figures, percentile
+from bench.redis_server import RedisServer
+from bench.report import Figures, Readers, percentile
 from bench.targets import BENCH, ROOT, TARGETS, Target, Upstream, before_targets
 
 OUT = BENCH / "out"  # logs and the CA file; not committed
 START_TIMEOUT_SECONDS = 30.0
 OVERRUN_SECONDS = 15.0  # past a load's deadline, the load generator is killed
 MAX_WAVES = 10
-PHASES = ("ttfb", "cpu", "latency", "opening", "burst", "capacity")
-REPEATED = PHASES[3:]  # a fresh server per target per run
+PHASES = ("ttfb", "cpu", "latency", "readers", "opening", "burst", "capacity")
+REPEATED = PHASES[4:]  # a fresh server per target per run
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class Scale:
     tokens: int = 100
     ramp_seconds: float = 1.0
     slack_seconds: float = 30.0  # a latency load's deadline past its nominal end
+    readers: int = 1000  # resuming one answer at once, opened over ramp_seconds
+    reader_tokens: int = 200  # the answer's, at ``rate``
     sync_limit_seconds: float = 15.0  # the deadline when streams queue one by one
     capacity_levels: str = "250,500,1000,2000"  # concurrent streams, at ``rate``
     capacity_tokens: int = 60
@@ -100,6 +111,8 @@ QUICK = Scale(
     ttfb_requests=30,
     streams=200,
     tokens=40,
+    readers=200,
+    reader_tokens=60,
     capacity_levels="100,200",
     capacity_tokens=40,
     capacity_ramp_seconds=0.5,
@@ -183,11 +196,17 @@ class Applied:
     seconds: float
     rss_before: int  # KiB
     rss_peak: int
+    redis_cpu: float  # seconds, for a target logging to the bench's Redis
 
     @property
     def per_chunk(self) -> float:
         """Server CPU seconds per text delta delivered."""
         return self.server_cpu / max(self.outcome.chunks, 1)
+
+    @property
+    def redis_per_chunk(self) -> float:
+        """Redis's CPU seconds per text delta delivered."""
+        return self.redis_cpu / max(self.outcome.chunks, 1)
 
     def __str__(self) -> str:
         # The upstream's share of one core shows that it was not the bottleneck.
@@ -201,10 +220,17 @@ class Applied:
 class Bench:
     """The phases, each measuring one target with a fresh server."""
 
-    def __init__(self, scale: Scale, upstream: Upstream, loads: LoadRunner) -> None:
+    def __init__(
+        self,
+        scale: Scale,
+        upstream: Upstream,
+        loads: LoadRunner,
+        redis: RedisServer | None,
+    ) -> None:
         self.scale = scale
         self.upstream = upstream
         self.loads = loads
+        self.redis = redis
         self.started_at = time.monotonic()
 
     def say(self, target: Target, message: str) -> None:
@@ -221,10 +247,13 @@ class Bench:
             )
             return
         port = procs.free_port()
+        redis = self.redis if target.redis else None
+        if redis is not None:
+            redis.flush()
         with procs.started(
             target.argv(port, upstream_port),
             cwd=target.cwd,
-            env=target.env(self.upstream, tls),
+            env=target.env(self.upstream, tls, redis.url if redis else None),
             log=OUT / f"{target.name}.log",
         ) as process:
             server = Server(target, port, tls, process.pid, self.upstream.ca_file)
@@ -305,6 +334,8 @@ class Bench:
                 )
                 if applied.outcome.chunks:
                     figures.cpu_us.append(applied.per_chunk * 1e6)
+                    if target.redis:
+                        figures.redis_cpu_us.append(applied.redis_per_chunk * 1e6)
                     self.say(target, f"CPU run {run}/{scale.runs}: {applied}")
 
     def latency(self, target: Target, figures: Figures) -> None:
@@ -329,6 +360,8 @@ class Bench:
         self.check(target, figures.problems, outcome, load.requests, "latency")
         if server.pid:
             figures.paced_cpu_us = applied.per_chunk * 1e6
+            if target.redis:
+                figures.paced_redis_cpu_us = applied.redis_per_chunk * 1e6
             if not target.one_at_a_time:
                 figures.rss_kib = (
                     applied.rss_peak - applied.rss_before
@@ -345,17 +378,28 @@ class Bench:
                 f"{applied}",
             )
 
-    def apply(self, server: Server, load: Load, parts: int = 1) -> Applied:
-        """Run ``load`` against ``server``, watching its CPU and memory meanwhile."""
+    def apply(
+        self,
+        server: Server,
+        load: Load,
+        parts: int = 1,
+        watch: Callable[[], None] | None = None,
+    ) -> Applied:
+        """Run ``load`` against ``server``, watching its CPU and memory meanwhile
+        (and calling ``watch`` every 0.2 s, to read more)."""
         pid = server.pid
+        redis = self.redis if server.target.redis else None
         cpu = procs.cpu_seconds(pid) if pid else 0.0
         upstream_cpu = procs.cpu_seconds(self.upstream.pid)
+        redis_cpu = redis.cpu_seconds() if redis else 0.0
         rss = peak = procs.rss_kib(pid) if pid else 0
         start = time.monotonic()
         pending = self.loads.start(load, parts)
         while unfinished := [part for part in pending if not part.ready()]:
             if pid:
                 peak = max(peak, procs.rss_kib(pid))
+            if watch:
+                watch()
             unfinished[0].wait(0.2)
         outcome = self.loads.wait(pending, load)
         return Applied(
@@ -365,6 +409,65 @@ class Bench:
             seconds=time.monotonic() - start,
             rss_before=rss,
             rss_peak=peak,
+            redis_cpu=redis.cpu_seconds() - redis_cpu if redis else 0.0,
+        )
+
+    def readers(self, target: Target, figures: Figures) -> None:
+        """``readers`` clients resuming one answer at once, from its first token.
+
+        One request starts a paced answer and leaves after its first text event
+        (the answer runs on); the readers then open over ``ramp_seconds``, each
+        with that event's id as ``Last-Event-ID``, as reloaded pages would: the
+        log so far, then the live rest. With Redis, the connections open to it are
+        counted meanwhile (``INFO clients``): what one worker holds for them.
+        """
+        if not target.resumable:
+            return
+        s = self.scale
+        prompt = f"rate:{s.rate:g}:{s.reader_tokens}"
+        redis = self.redis if target.redis else None
+        peak = 0
+
+        def count_clients() -> None:
+            nonlocal peak
+            assert redis is not None
+            peak = max(peak, redis.clients())
+
+        with self.serve(target, tls=False) as server:
+            before = redis.clients() if redis else 0
+            load = server.load(
+                prompt,
+                concurrency=s.readers,
+                requests=s.readers,
+                ramp_seconds=s.ramp_seconds,
+                deadline_seconds=s.reader_tokens / s.rate + s.slack_seconds,
+                last_event_id=first_event_id(server.port, prompt),
+                skipped=1,
+            )
+            applied = self.apply(
+                server, load, parts=s.loadgens, watch=count_clients if redis else None
+            )
+        outcome = applied.outcome
+        self.check(target, figures.problems, outcome, load.requests, "readers")
+        if not outcome.ttfb:
+            return
+        first = [t * 1000 for t in outcome.ttfb]
+        live = [t * 1000 for t in outcome.latencies]
+        figures.readers = Readers(
+            count=s.readers,
+            ok=outcome.ok,
+            first_ms=(percentile(first, 50), percentile(first, 99)),
+            latency_ms=(percentile(live, 50), percentile(live, 99)) if live else None,
+            cpu_us=applied.per_chunk * 1e6,
+            redis_cpu_us=applied.redis_per_chunk * 1e6 if redis else None,
+            redis_clients=(before, peak) if redis else None,
+        )
+        self.say(
+            target,
+            f"{outcome.ok:,}/{s.readers:,} readers OK, first event p99 "
+            f"{figures.readers.first_ms[1]:.1f} ms"
+            + (f", Redis connections {before} then up to {peak}" if redis else "")
+            + f"; {applied}",
         )
 
     def repeated(self, rows: list[Curves], phases: list[str]) -> None:
@@ -525,6 +628,35 @@ class Bench:
         self.say(target, note)
 
 
+def first_event_id(port: int, prompt: str) -> str:
+    """Start a resumable answer to ``prompt``; the id of its first text event.
+
+    The connection is closed after that event: the answer runs on without it.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(
+            "GET",
+            f"/completionChat?prompt={quote(prompt)}",
+            headers={"Accept": "text/event-stream"},
+        )
+        response = conn.getresponse()
+        if response.status != 200 or not response.getheader("X-Stream-Id"):
+            raise RuntimeError(
+                f"not resumable: HTTP {response.status} without X-Stream-Id "
+                "(is STREAM_RESUMABLE in this checkout?)"
+            )
+        event_id = ""
+        while line := response.readline().decode():
+            if line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                return event_id
+        raise RuntimeError("the answer ended before its first text event")
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def fake_upstream() -> Iterator[Upstream]:
     upstream = Upstream(procs.free_port(), procs.free_port(), OUT / "ca.pem", 0)
@@ -558,6 +690,16 @@ def fake_upstream() -> Iterator[Upstream]:
         yield dataclasses.replace(upstream, pid=process.pid)
 
 
+@contextlib.contextmanager
+def bench_redis(targets: list[Target]) -> Iterator[RedisServer | None]:
+    """The run's own Redis, if a target logs to one."""
+    if not any(target.redis for target in targets):
+        yield None
+        return
+    with redis_server.started(OUT / "redis", OUT / "redis.log") as redis:
+        yield redis
+
+
 def measure(
     scale: Scale, targets: list[Target], phases: list[str]
 ) -> tuple[list[Figures], list[Curves]]:
@@ -566,8 +708,8 @@ def measure(
     curves = [Curves(target) for target in targets]
     loads = LoadRunner(max(1, scale.loadgens))
     try:
-        with fake_upstream() as upstream:
-            bench = Bench(scale, upstream, loads)
+        with fake_upstream() as upstream, bench_redis(targets) as redis:
+            bench = Bench(scale, upstream, loads, redis)
             single: dict[str, list[Callable[[Target, Figures], None]]] = {
                 "ttfb": [
                     functools.partial(bench.ttfb, tls=False),
@@ -575,6 +717,7 @@ def measure(
                 ],
                 "cpu": [bench.cpu],
                 "latency": [bench.latency],
+                "readers": [bench.readers],
             }
             for phase in (p for name in phases for p in single.get(name, [])):
                 for figures in rows:
@@ -613,6 +756,10 @@ Phases: {", ".join(phases)}.
     ]
     if set(phases) & {"ttfb", "cpu", "latency"}:
         sections.append(single_run_section(rows, scale))
+    if costs.pairs(rows) and set(phases) & {"ttfb", "cpu", "latency", "opening"}:
+        sections.append(costs_section(rows, curves, scale))
+    if "readers" in phases and any(r.readers for r in rows):
+        sections.append(readers_section(rows, scale))
     if "capacity" in phases:
         sections.append(capacity_section(curves, scale))
     if "burst" in phases:
@@ -672,6 +819,48 @@ What the columns measure:
   streams are open, minus the same after warm-up, divided by {s.streams:,}.
 
 CPU per run, full speed (µs/chunk): {cpu_runs or "none"}."""
+
+
+def costs_section(rows: list[Figures], curves: list[Curves], s: Scale) -> str:
+    return f"""## What a setting costs, beside the app without it
+
+{costs.costs_table(rows, curves)}
+
+Each target beside the one it changes, from the figures above (and the opening
+phase's), measured in this run: CPU as the ratio of the two (×1.00: the same),
+times as milliseconds added to the other's (raw p50 and p99, not minus `direct`).
+
+- **CPU per chunk, full speed**: the ratio of the medians of {s.runs} run(s);
+  **paced**: of the latency measurement's {s.streams:,} streams.
+- **CPU per one-token answer**: the ratio of the opening phase's medians: what
+  opening and closing a stream costs.
+- **TTFB**, **latency**: p50 / p99 of {s.ttfb_requests} sequential requests, and of
+  every chunk of {s.streams:,} streams × {s.rate:g} tokens/s.
+- **Redis CPU µs/chunk**: CPU time of the bench's `redis-server` (on the same CPUs,
+  not counted in the server's) over the chunks delivered: what the answer logs
+  cost Redis. Its medians of the full-speed runs, and paced."""
+
+
+def readers_section(rows: list[Figures], s: Scale) -> str:
+    return f"""## Readers: {s.readers:,} clients resuming one answer at once
+
+{costs.readers_table(rows)}
+
+One request starts an answer of {s.reader_tokens} tokens at {s.rate:g} tokens/s
+and leaves after its first text event; {s.readers:,} readers then open over
+{s.ramp_seconds:g}s, each with that event's id as `Last-Event-ID` (as reloaded
+pages would), and read the log so far, then the live rest.
+
+- **readers OK**: readers whose text was exact from the second token on and ended
+  with `[DONE]`.
+- **first event**: from sending the request to the first event read (from the log).
+- **latency**: per chunk the upstream sent after the reader's request, the client's
+  receive time minus the upstream's stamp, p50 / p99 (raw, not minus `direct`).
+- **CPU µs/chunk**, **Redis CPU µs/chunk**: the server's, and the bench's
+  `redis-server`'s, CPU time during the readers over the chunks they received.
+- **Redis connections**: `INFO clients` of the bench's Redis (not counting the
+  bench's own), after the warm-up and at the peak while the readers read: the
+  connections one worker holds for them."""
 
 
 def capacity_section(curves: list[Curves], s: Scale) -> str:
@@ -828,6 +1017,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + capacity.burst_table(curves))
     if "opening" in phases:
         print("\n" + capacity.opening_table(curves))
+    if costs.pairs(rows):
+        print("\n" + costs.costs_table(rows, curves))
+    if any(row.readers for row in rows):
+        print("\n" + costs.readers_table(rows))
     print(f"\nWrote {', '.join(map(str, wrote))} in {seconds / 60:.1f} min.")
 
 

@@ -50,22 +50,29 @@ def rate_token(index: int, sent: float) -> str:
     return f"{sent:.6f}:{index} "
 
 
-def is_correct(prompt: str, text: str) -> bool:
-    """Whether ``text`` is exactly the answer the upstream sent for ``prompt``."""
+def is_correct(prompt: str, text: str, skipped: int = 0) -> bool:
+    """Whether ``text`` is exactly the answer the upstream sent for ``prompt``,
+    but for its first ``skipped`` tokens (a reader resuming after them)."""
     scenario = parse(prompt)
+    expected = range(skipped, scenario.tokens)
     if isinstance(scenario, Full):
-        return text == "".join(full_token(i) for i in range(scenario.tokens))
+        return text == "".join(full_token(i) for i in expected)
     tokens = text.split(" ")
     if tokens.pop() != "":  # the answer ends with the last token's space
         return False
     indexes = [token.partition(":")[2] for token in tokens]
-    return indexes == [str(i) for i in range(scenario.tokens)]
+    return indexes == [str(i) for i in expected]
 
 
-def arrivals(pieces: list[tuple[float, str]]) -> list[tuple[float, float]]:
-    """(upstream send time, client receipt time) per ``rate`` token received."""
+def arrivals(
+    pieces: list[tuple[float, str]], since: float = 0.0
+) -> list[tuple[float, float]]:
+    """(upstream send time, client receipt time) per ``rate`` token received, of
+    the tokens the upstream sent from ``since`` on (a resumed reader's live part:
+    the ones before it were waiting in the answer's log)."""
     return [
-        (float(token.partition(":")[0]), received)
+        (sent, received)
         for received, piece in pieces
         for token in piece.split()
+        if (sent := float(token.partition(":")[0])) >= since
     ]

@@ -63,6 +63,13 @@ class Target:
     # "sse": the browser route of an app; "openai": the upstream's own request.
     api: Literal["sse", "openai"] = "sse"
     one_at_a_time: bool = False  # a sync worker: streams queue behind each other
+    settings: tuple[tuple[str, str], ...] = ()  # its own environment variables
+    redis: bool = False  # REDIS_URL: the bench's own Redis
+    beside: str | None = None  # the target whose costs it adds to, for the report
+
+    @property
+    def resumable(self) -> bool:
+        return ("STREAM_RESUMABLE", "1") in self.settings
 
     def argv(self, port: int, upstream_port: int) -> list[str]:
         assert self.command is not None
@@ -70,12 +77,16 @@ class Target:
             part.format(port=port, upstream_port=upstream_port) for part in self.command
         ]
 
-    def env(self, upstream: Upstream, tls: bool) -> dict[str, str]:
+    def env(
+        self, upstream: Upstream, tls: bool, redis_url: str | None = None
+    ) -> dict[str, str]:
+        """The bench's environment, without the settings it sets for each target
+        (a ``STREAM_RESUMABLE`` or ``REDIS_URL`` of the shell's would skew a row)."""
         env = {
             name: value
             for name, value in os.environ.items()
-            if not name.startswith("OPENAI_")
-            and name not in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+            if not name.startswith(("OPENAI_", "STREAM_"))
+            and name not in ("SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REDIS_URL")
         }
         env.update(
             OPENAI_API_KEY=API_KEY,
@@ -83,6 +94,11 @@ class Target:
             STREAM_KEEPALIVE_SECONDS="15",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.settings)
+        if self.redis:
+            if redis_url is None:
+                raise ValueError(f"{self.name} needs the bench's Redis: none started")
+            env["REDIS_URL"] = redis_url
         if tls:
             env["SSL_CERT_FILE"] = env["NODE_EXTRA_CA_CERTS"] = str(upstream.ca_file)
         return env
@@ -112,6 +128,25 @@ TARGETS = (
         "ours",
         "this repo's Flask app, gunicorn + gevent, 1 worker",
         _ours("flask_app:create_app()"),
+    ),
+    Target(
+        "flask-gevent-resumable",
+        "ours",
+        "flask-gevent with STREAM_RESUMABLE=1: each answer logged in the worker's "
+        "memory",
+        _ours("flask_app:create_app()"),
+        settings=(("STREAM_RESUMABLE", "1"),),
+        beside="flask-gevent",
+    ),
+    Target(
+        "flask-gevent-resumable-redis",
+        "ours",
+        "flask-gevent with STREAM_RESUMABLE=1 and REDIS_URL: each answer logged in "
+        "Redis Streams (a redis-server of the bench's own, on the same CPUs)",
+        _ours("flask_app:create_app()"),
+        settings=(("STREAM_RESUMABLE", "1"),),
+        redis=True,
+        beside="flask-gevent",
     ),
     Target(
         "django-gevent",
@@ -192,6 +227,7 @@ def before_targets(checkout: Path) -> list[Target]:
             name=f"{target.name}-before",
             about=f"{target.about}, as in {checkout}",
             cwd=checkout,
+            beside=f"{target.beside}-before" if target.beside else None,
         )
         for target in TARGETS
         if target.role == "ours"
