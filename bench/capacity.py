@@ -34,6 +34,7 @@ class Level:
     rss_kib: float | None  # peak RSS growth per stream
     all_open_seconds: float  # how long all streams were open at once (< 0: never)
     ok: int  # streams whose text was exact
+    redis_cpu_us: float | None = None  # the bench's Redis, per chunk delivered
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ class RedisServer:
     port: int
     pid: int
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def url(self, name: str) -> str:
+        """A ``REDIS_URL`` whose connections are named ``name`` (redis-py sends
+        ``CLIENT SETNAME``), so that each server's can be counted apart."""
+        return f"redis://127.0.0.1:{self.port}/0?client_name={name}"
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
@@ -42,11 +43,11 @@ class RedisServer:
         with contextlib.closing(self.client()) as client:
             client.flushall()
 
-    def clients(self) -> int:
-        """Connections open to Redis now, not counting the one that asks."""
+    def clients(self, name: str) -> int:
+        """Connections open to Redis now named ``name``."""
         with contextlib.closing(self.client()) as client:
-            info = cast(dict[str, Any], client.info("clients"))  # sync, not awaitable
-            return int(info["connected_clients"]) - 1
+            listed = cast(list[dict[str, Any]], client.client_list())  # not awaited
+            return sum(1 for each in listed if each.get("name") == name)
 
     def cpu_seconds(self) -> float:
         return procs.cpu_seconds(self.pid)
@@ -83,7 +84,7 @@ def started(workdir: Path, log: Path) -> Iterator[RedisServer]:
             if process.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {log}")
             try:
-                server.clients()
+                server.flush()
             except redis.ConnectionError:
                 return False
             return True

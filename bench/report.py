@@ -29,6 +29,7 @@ COLORS = {"ours": "#1f77b4", "baseline": "#9a9a9a", "floor": "#2ca02c"}
 class Readers:
     """Many clients reading one resumable answer on from its first token."""
 
+    where: str  # which worker they read from: the answer's producer, or another
     count: int
     ok: int  # readers whose text was exact, from the second token to [DONE]
     first_ms: tuple[float, float]  # p50, p99: request to the first event read
@@ -54,7 +55,7 @@ class Figures:
     # The bench's Redis, for the targets that log to it: its CPU per chunk.
     redis_cpu_us: list[float] = field(default_factory=list)  # one per CPU run
     paced_redis_cpu_us: float | None = None
-    readers: Readers | None = None
+    readers: list[Readers] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property

@@ -14,7 +14,8 @@ process, and stopped by its PID. The phases:
 3. Latency and memory: many concurrent streams at a token rate a model would
    produce; the upstream stamps each token so each chunk's delay can be measured.
 4. Readers (resumable targets only): many clients resuming one answer at once,
-   and the Redis connections the worker holds for them.
+   on the worker producing it and (with Redis) on another, and the Redis
+   connections the readers' worker holds for them.
 
 Then, ``--runs`` times over with a fresh server per target each time (medians and
 spread in ``bench.capacity``):
@@ -71,6 +72,9 @@ OVERRUN_SECONDS = 15.0  # past a load's deadline, the load generator is killed
 MAX_WAVES = 10
 PHASES = ("ttfb", "cpu", "latency", "readers", "opening", "burst", "capacity")
 REPEATED = PHASES[4:]  # a fresh server per target per run
+# How a server names its connections to the bench's Redis (``CLIENT SETNAME``):
+# the one measured, and a second one producing an answer that the first follows.
+SERVER, PRODUCER = "bench-server", "bench-producer"
 
 
 @dataclass(frozen=True)
@@ -238,8 +242,15 @@ class Bench:
         print(f"[{elapsed:5.0f}s] {target.name:<22} {message}", flush=True)
 
     @contextlib.contextmanager
-    def serve(self, target: Target, tls: bool) -> Iterator[Server]:
-        """Start ``target`` (unless it is ``direct``), warm it up, stop it after."""
+    def serve(
+        self, target: Target, tls: bool, redis_name: str = SERVER, flush: bool = True
+    ) -> Iterator[Server]:
+        """Start ``target`` (unless it is ``direct``), warm it up, stop it after.
+
+        A target that logs to the bench's Redis names its connections
+        ``redis_name`` (to count them apart), on an emptied Redis unless ``flush``
+        is false (a second server beside the first).
+        """
         upstream_port = self.upstream.port_for(tls)
         if target.command is None:
             yield self.warm(
@@ -248,12 +259,14 @@ class Bench:
             return
         port = procs.free_port()
         redis = self.redis if target.redis else None
-        if redis is not None:
+        if redis is not None and flush:
             redis.flush()
         with procs.started(
             target.argv(port, upstream_port),
             cwd=target.cwd,
-            env=target.env(self.upstream, tls, redis.url if redis else None),
+            env=target.env(
+                self.upstream, tls, redis.url(redis_name) if redis else None
+            ),
             log=OUT / f"{target.name}.log",
         ) as process:
             server = Server(target, port, tls, process.pid, self.upstream.ca_file)
@@ -415,14 +428,22 @@ class Bench:
     def readers(self, target: Target, figures: Figures) -> None:
         """``readers`` clients resuming one answer at once, from its first token.
 
-        One request starts a paced answer and leaves after its first text event
-        (the answer runs on); the readers then open over ``ramp_seconds``, each
-        with that event's id as ``Last-Event-ID``, as reloaded pages would: the
-        log so far, then the live rest. With Redis, the connections open to it are
-        counted meanwhile (``INFO clients``): what one worker holds for them.
+        On the worker that produces the answer; with Redis, also on another worker
+        (a second server sharing the Redis), which follows the answer's log there.
         """
         if not target.resumable:
             return
+        self.read_together(target, figures, elsewhere=False)
+        if target.redis:
+            self.read_together(target, figures, elsewhere=True)
+
+    def read_together(self, target: Target, figures: Figures, elsewhere: bool) -> None:
+        """One request starts a paced answer and leaves after its first text event
+        (the answer runs on); the readers then open over ``ramp_seconds``, each
+        with that event's id as ``Last-Event-ID``, as reloaded pages would: the
+        log so far, then the live rest. With Redis, the connections the readers'
+        worker holds to it are counted meanwhile (``CLIENT LIST``, by name).
+        """
         s = self.scale
         prompt = f"rate:{s.rate:g}:{s.reader_tokens}"
         redis = self.redis if target.redis else None
@@ -431,29 +452,39 @@ class Bench:
         def count_clients() -> None:
             nonlocal peak
             assert redis is not None
-            peak = max(peak, redis.clients())
+            peak = max(peak, redis.clients(SERVER))
 
-        with self.serve(target, tls=False) as server:
-            before = redis.clients() if redis else 0
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(self.serve(target, tls=False))
+            producer = server
+            if elsewhere:
+                producer = stack.enter_context(
+                    self.serve(target, tls=False, redis_name=PRODUCER, flush=False)
+                )
+            before = redis.clients(SERVER) if redis else 0
             load = server.load(
                 prompt,
                 concurrency=s.readers,
                 requests=s.readers,
                 ramp_seconds=s.ramp_seconds,
                 deadline_seconds=s.reader_tokens / s.rate + s.slack_seconds,
-                last_event_id=first_event_id(server.port, prompt),
+                last_event_id=first_event_id(producer.port, prompt),
                 skipped=1,
             )
             applied = self.apply(
                 server, load, parts=s.loadgens, watch=count_clients if redis else None
             )
+        where = "another worker" if elsewhere else "the producing worker"
         outcome = applied.outcome
-        self.check(target, figures.problems, outcome, load.requests, "readers")
+        self.check(
+            target, figures.problems, outcome, load.requests, f"readers on {where}"
+        )
         if not outcome.ttfb:
             return
         first = [t * 1000 for t in outcome.ttfb]
         live = [t * 1000 for t in outcome.latencies]
-        figures.readers = Readers(
+        readers = Readers(
+            where=where,
             count=s.readers,
             ok=outcome.ok,
             first_ms=(percentile(first, 50), percentile(first, 99)),
@@ -462,10 +493,11 @@ class Bench:
             redis_cpu_us=applied.redis_per_chunk * 1e6 if redis else None,
             redis_clients=(before, peak) if redis else None,
         )
+        figures.readers.append(readers)
         self.say(
             target,
-            f"{outcome.ok:,}/{s.readers:,} readers OK, first event p99 "
-            f"{figures.readers.first_ms[1]:.1f} ms"
+            f"{outcome.ok:,}/{s.readers:,} readers OK on {where}, first event p99 "
+            f"{readers.first_ms[1]:.1f} ms"
             + (f", Redis connections {before} then up to {peak}" if redis else "")
             + f"; {applied}",
         )
@@ -600,6 +632,9 @@ class Bench:
                 else None,
                 all_open_seconds=outcome.all_open_seconds,
                 ok=outcome.ok,
+                redis_cpu_us=applied.redis_per_chunk * 1e6
+                if server.target.redis
+                else None,
             )
             row.capacity.setdefault(streams, []).append(level)
             self.say(
@@ -756,9 +791,9 @@ Phases: {", ".join(phases)}.
     ]
     if set(phases) & {"ttfb", "cpu", "latency"}:
         sections.append(single_run_section(rows, scale))
-    if costs.pairs(rows) and set(phases) & {"ttfb", "cpu", "latency", "opening"}:
-        sections.append(costs_section(rows, curves, scale))
-    if "readers" in phases and any(r.readers for r in rows):
+    if costs.pairs(rows) and set(phases) - {"readers"}:
+        sections.append(costs_section(rows, curves, scale, phases))
+    if any(r.readers for r in rows):
         sections.append(readers_section(rows, scale))
     if "capacity" in phases:
         sections.append(capacity_section(curves, scale))
@@ -821,24 +856,38 @@ What the columns measure:
 CPU per run, full speed (µs/chunk): {cpu_runs or "none"}."""
 
 
-def costs_section(rows: list[Figures], curves: list[Curves], s: Scale) -> str:
+def costs_section(
+    rows: list[Figures], curves: list[Curves], s: Scale, phases: list[str]
+) -> str:
+    single = set(phases) & {"ttfb", "cpu", "latency"}
+    repeated = set(phases) & set(REPEATED)
+    tables = [
+        costs.costs_table(rows) if single else "",
+        costs.repeated_costs_table(curves, s.levels) if repeated else "",
+    ]
+    shown = "\n\n".join(table for table in tables if table)
     return f"""## What a setting costs, beside the app without it
 
-{costs.costs_table(rows, curves)}
+{shown}
 
-Each target beside the one it changes, from the figures above (and the opening
-phase's), measured in this run: CPU as the ratio of the two (×1.00: the same),
-times as milliseconds added to the other's (raw p50 and p99, not minus `direct`).
+Each target beside the one it changes (its `beside`), both measured in this run:
+CPU as the ratio of the two (×1.00: the same), times as milliseconds added to the
+other's (raw percentiles, not minus `direct`). From the figures above:
 
 - **CPU per chunk, full speed**: the ratio of the medians of {s.runs} run(s);
   **paced**: of the latency measurement's {s.streams:,} streams.
-- **CPU per one-token answer**: the ratio of the opening phase's medians: what
-  opening and closing a stream costs.
 - **TTFB**, **latency**: p50 / p99 of {s.ttfb_requests} sequential requests, and of
   every chunk of {s.streams:,} streams × {s.rate:g} tokens/s.
 - **Redis CPU µs/chunk**: CPU time of the bench's `redis-server` (on the same CPUs,
   not counted in the server's) over the chunks delivered: what the answer logs
-  cost Redis. Its medians of the full-speed runs, and paced."""
+  cost Redis.
+
+From the repeated phases (opening, burst, capacity), where each run takes every
+target in turn: each cell is the median over {s.runs} run(s) of that run's ratio
+(or difference), so that a noisy minute falls on both of its sides. **CPU per
+one-token answer**: what opening and closing a stream costs; **first token p99**:
+of {s.burst_streams:,} streams opened at once; **CPU per chunk**, **latency p99**:
+at each number of concurrent streams of the capacity phase."""
 
 
 def readers_section(rows: list[Figures], s: Scale) -> str:
@@ -847,20 +896,22 @@ def readers_section(rows: list[Figures], s: Scale) -> str:
 {costs.readers_table(rows)}
 
 One request starts an answer of {s.reader_tokens} tokens at {s.rate:g} tokens/s
-and leaves after its first text event; {s.readers:,} readers then open over
-{s.ramp_seconds:g}s, each with that event's id as `Last-Event-ID` (as reloaded
-pages would), and read the log so far, then the live rest.
+and leaves after its first text event (the answer runs on); {s.readers:,} readers
+then open over {s.ramp_seconds:g}s, each with that event's id as `Last-Event-ID` (as
+reloaded pages would), and read the log so far, then the live rest: from the worker
+producing the answer, and, with Redis, from another worker (a second server of the
+same target, sharing the Redis), which follows the answer's log there.
 
 - **readers OK**: readers whose text was exact from the second token on and ended
   with `[DONE]`.
 - **first event**: from sending the request to the first event read (from the log).
 - **latency**: per chunk the upstream sent after the reader's request, the client's
   receive time minus the upstream's stamp, p50 / p99 (raw, not minus `direct`).
-- **CPU µs/chunk**, **Redis CPU µs/chunk**: the server's, and the bench's
-  `redis-server`'s, CPU time during the readers over the chunks they received.
-- **Redis connections**: `INFO clients` of the bench's Redis (not counting the
-  bench's own), after the warm-up and at the peak while the readers read: the
-  connections one worker holds for them."""
+- **CPU µs/chunk**: the readers' worker's CPU time over the chunks they received;
+  **Redis CPU µs/chunk**: the bench's `redis-server`'s over the same chunks.
+- **Redis connections**: the connections the readers' worker holds to Redis
+  (`CLIENT LIST`, by the name its `REDIS_URL` gives them: `?client_name=`), after
+  its warm-up, and at their most while the readers read (sampled every 0.2 s)."""
 
 
 def capacity_section(curves: list[Curves], s: Scale) -> str:
@@ -1017,8 +1068,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + capacity.burst_table(curves))
     if "opening" in phases:
         print("\n" + capacity.opening_table(curves))
-    if costs.pairs(rows):
-        print("\n" + costs.costs_table(rows, curves))
+    if costs.pairs(rows) and set(phases) & {"ttfb", "cpu", "latency"}:
+        print("\n" + costs.costs_table(rows))
+    if costs.pairs(curves) and set(phases) & set(REPEATED):
+        print("\n" + costs.repeated_costs_table(curves, scale.levels))
     if any(row.readers for row in rows):
         print("\n" + costs.readers_table(rows))
     print(f"\nWrote {', '.join(map(str, wrote))} in {seconds / 60:.1f} min.")
