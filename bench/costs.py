@@ -72,8 +72,9 @@ def costs_table(rows: list[Figures]) -> str:
     lines = [
         "| target | beside | CPU per chunk, full speed | CPU per chunk, paced "
         "| TTFB p50 / p99, ms added (HTTP) | latency p50 / p99, ms added "
-        "| RSS per stream | Redis CPU µs/chunk, full speed / paced |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        "| RSS per stream | Redis CPU µs/chunk, full speed / paced "
+        "| Redis connections |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row, base in pairs(rows):
         cells = [
@@ -87,6 +88,7 @@ def costs_table(rows: list[Figures]) -> str:
             f"{number(row.redis_cpu_median)} / {number(row.paced_redis_cpu_us)}"
             if row.target.redis
             else "—",
+            "—" if row.redis_clients is None else str(row.redis_clients),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -55,6 +55,7 @@ class Figures:
     # The bench's Redis, for the targets that log to it: its CPU per chunk.
     redis_cpu_us: list[float] = field(default_factory=list)  # one per CPU run
     paced_redis_cpu_us: float | None = None
+    redis_clients: int | None = None  # the most connections, paced
     readers: list[Readers] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 

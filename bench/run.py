@@ -201,6 +201,7 @@ class Applied:
     rss_before: int  # KiB
     rss_peak: int
     redis_cpu: float  # seconds, for a target logging to the bench's Redis
+    redis_clients: int  # the most connections the server held to it at once
 
     @property
     def per_chunk(self) -> float:
@@ -375,6 +376,7 @@ class Bench:
             figures.paced_cpu_us = applied.per_chunk * 1e6
             if target.redis:
                 figures.paced_redis_cpu_us = applied.redis_per_chunk * 1e6
+                figures.redis_clients = applied.redis_clients
             if not target.one_at_a_time:
                 figures.rss_kib = (
                     applied.rss_peak - applied.rss_before
@@ -391,28 +393,23 @@ class Bench:
                 f"{applied}",
             )
 
-    def apply(
-        self,
-        server: Server,
-        load: Load,
-        parts: int = 1,
-        watch: Callable[[], None] | None = None,
-    ) -> Applied:
+    def apply(self, server: Server, load: Load, parts: int = 1) -> Applied:
         """Run ``load`` against ``server``, watching its CPU and memory meanwhile
-        (and calling ``watch`` every 0.2 s, to read more)."""
+        (and its connections to the bench's Redis, if it logs there)."""
         pid = server.pid
         redis = self.redis if server.target.redis else None
         cpu = procs.cpu_seconds(pid) if pid else 0.0
         upstream_cpu = procs.cpu_seconds(self.upstream.pid)
         redis_cpu = redis.cpu_seconds() if redis else 0.0
         rss = peak = procs.rss_kib(pid) if pid else 0
+        clients = 0
         start = time.monotonic()
         pending = self.loads.start(load, parts)
         while unfinished := [part for part in pending if not part.ready()]:
             if pid:
                 peak = max(peak, procs.rss_kib(pid))
-            if watch:
-                watch()
+            if redis:
+                clients = max(clients, redis.clients(SERVER))
             unfinished[0].wait(0.2)
         outcome = self.loads.wait(pending, load)
         return Applied(
@@ -423,6 +420,7 @@ class Bench:
             rss_before=rss,
             rss_peak=peak,
             redis_cpu=redis.cpu_seconds() - redis_cpu if redis else 0.0,
+            redis_clients=clients,
         )
 
     def readers(self, target: Target, figures: Figures) -> None:
@@ -447,13 +445,6 @@ class Bench:
         s = self.scale
         prompt = f"rate:{s.rate:g}:{s.reader_tokens}"
         redis = self.redis if target.redis else None
-        peak = 0
-
-        def count_clients() -> None:
-            nonlocal peak
-            assert redis is not None
-            peak = max(peak, redis.clients(SERVER))
-
         with contextlib.ExitStack() as stack:
             server = stack.enter_context(self.serve(target, tls=False))
             producer = server
@@ -471,9 +462,7 @@ class Bench:
                 last_event_id=first_event_id(producer.port, prompt),
                 skipped=1,
             )
-            applied = self.apply(
-                server, load, parts=s.loadgens, watch=count_clients if redis else None
-            )
+            applied = self.apply(server, load, parts=s.loadgens)
         where = "another worker" if elsewhere else "the producing worker"
         outcome = applied.outcome
         self.check(
@@ -491,14 +480,18 @@ class Bench:
             latency_ms=(percentile(live, 50), percentile(live, 99)) if live else None,
             cpu_us=applied.per_chunk * 1e6,
             redis_cpu_us=applied.redis_per_chunk * 1e6 if redis else None,
-            redis_clients=(before, peak) if redis else None,
+            redis_clients=(before, applied.redis_clients) if redis else None,
         )
         figures.readers.append(readers)
         self.say(
             target,
             f"{outcome.ok:,}/{s.readers:,} readers OK on {where}, first event p99 "
             f"{readers.first_ms[1]:.1f} ms"
-            + (f", Redis connections {before} then up to {peak}" if redis else "")
+            + (
+                f", Redis connections {before} then up to {applied.redis_clients}"
+                if redis
+                else ""
+            )
             + f"; {applied}",
         )
 
@@ -880,7 +873,9 @@ other's (raw percentiles, not minus `direct`). From the figures above:
   every chunk of {s.streams:,} streams × {s.rate:g} tokens/s.
 - **Redis CPU µs/chunk**: CPU time of the bench's `redis-server` (on the same CPUs,
   not counted in the server's) over the chunks delivered: what the answer logs
-  cost Redis.
+  cost Redis. **Redis connections**: the most the server held to it at once during
+  the latency measurement (`CLIENT LIST` every 0.2 s, by the name its `REDIS_URL`
+  gives them: `?client_name=`).
 
 From the repeated phases (opening, burst, capacity), where each run takes every
 target in turn: each cell is the median over {s.runs} run(s) of that run's ratio
@@ -910,8 +905,7 @@ same target, sharing the Redis), which follows the answer's log there.
 - **CPU µs/chunk**: the readers' worker's CPU time over the chunks they received;
   **Redis CPU µs/chunk**: the bench's `redis-server`'s over the same chunks.
 - **Redis connections**: the connections the readers' worker holds to Redis
-  (`CLIENT LIST`, by the name its `REDIS_URL` gives them: `?client_name=`), after
-  its warm-up, and at their most while the readers read (sampled every 0.2 s)."""
+  (as above), after its warm-up, and at their most while the readers read."""
 
 
 def capacity_section(curves: list[Curves], s: Scale) -> str:
