@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,16 @@ def django_redis(pool: ServerPool) -> Server:
     return pool.get(DJANGO_GUNICORN, "resumable-redis")
 
 
+_opened: list[socket.socket] = []  # closed after each test, passed or failed
+
+
+@pytest.fixture(autouse=True)
+def close_readers() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 MEMORY_KINDS = [
     pytest.param(FLASK_DEV, id="flask-run"),
     pytest.param(DJANGO_DEV, id="runserver"),
@@ -94,13 +104,16 @@ MEMORY_KINDS = [
 
 @dataclass
 class Reader:
-    """One request whose answer is read as it comes (HTTP/1.0: the body ends when
-    the server closes, and is exactly the bytes it wrote)."""
+    """One request whose answer is read as it comes. In HTTP/1.0 the body ends when
+    the server closes; Werkzeug's server chunks it even so, and the chunks are
+    undone here: ``body`` is what the application wrote."""
 
     sock: socket.socket
     status: int
     headers: dict[str, str]  # names in lower case
-    body: bytes
+    body: bytes = b""
+    _unread: bytes = b""  # received, not yet a whole chunk
+    _ended: bool = False  # the last chunk came
 
     def events(self) -> list[bytes]:
         """The complete events received so far, keep-alive comments left out."""
@@ -112,9 +125,8 @@ class Reader:
 
     def read_until(self, done: Callable[[], bool]) -> list[bytes]:
         while not done():
-            data = self.sock.recv(65536)
-            assert data, f"the answer ended early: {self.body!r}"
-            self.body += data
+            more = self._receive()
+            assert more or done(), f"the answer ended early: {self.body!r}"
         return self.events()
 
     def read_to(self, marker: bytes) -> list[bytes]:
@@ -122,13 +134,36 @@ class Reader:
         return self.read_until(lambda: marker in self.body)
 
     def read_to_end(self) -> bytes:
-        while data := self.sock.recv(65536):
-            self.body += data
+        while self._receive():
+            pass
         self.sock.close()
         return self.body
 
     def close(self) -> None:
         self.sock.close()
+
+    def _receive(self) -> bool:
+        """Read what the socket has; False at the end of the body."""
+        return not self._ended and self.take(self.sock.recv(65536))
+
+    def take(self, data: bytes) -> bool:
+        """Add received bytes to the body; False at its end."""
+        if self.headers.get("transfer-encoding") != "chunked":
+            self.body += data
+            return bool(data)
+        assert data, f"the chunked body was cut: {self.body[-200:]!r}"
+        self._unread += data
+        while (line_end := self._unread.find(b"\r\n")) >= 0:
+            size = int(self._unread[:line_end].split(b";")[0], 16)
+            chunk_end = line_end + 2 + size
+            if len(self._unread) < chunk_end + 2:
+                break
+            if size == 0:
+                self._ended = True
+                return False
+            self.body += self._unread[line_end + 2 : chunk_end]
+            self._unread = self._unread[chunk_end + 2 :]
+        return True
 
 
 def open_reader(
@@ -141,6 +176,7 @@ def open_reader(
 ) -> Reader:
     """Send a request; return once the response's head has arrived."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    _opened.append(sock)
     fields = {"Host": f"127.0.0.1:{server.port}", **(headers or {})}
     if body is not None:
         fields = {"Content-Type": "application/json", **fields}
@@ -156,7 +192,10 @@ def open_reader(
     status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
     header_pairs = (line.split(":", 1) for line in header_lines)
     response_headers = {name.lower(): value.strip() for name, value in header_pairs}
-    return Reader(sock, int(status_line.split()[1]), response_headers, rest)
+    reader = Reader(sock, int(status_line.split()[1]), response_headers)
+    if rest:
+        reader.take(rest)
+    return reader
 
 
 def events_in(body: bytes) -> list[bytes]:
@@ -319,7 +358,9 @@ def test_every_event_of_a_chat_route_carries_its_answer_id(
     assert comments_in(body) and set(comments_in(body)) == {b": keep-alive"}
     assert events[-1].endswith(b"\ndata: [DONE]\n\n")
     if route != "/api/chat":
-        parsed = parse_sse(body)
+        # Without the comments: httpx-sse dispatches an empty event at a comment's
+        # blank line once an id was seen (a conforming parser dispatches nothing).
+        parsed = parse_sse(b"".join(events))
         assert texts(parsed) == ["one\ntwo", "three"]
         kinds = ["reasoning", "message", "message", "finish", "usage", "message"]
         assert [e.event for e in parsed] == kinds
