@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -65,6 +65,7 @@ from tests.test_lifecycle import CANCEL_BOUND_SECONDS, close_and_time
 
 CHAT_ROUTES = ["/completionChat", "/completions/chat", "/api/chat"]
 STREAM_LOST_BOUND_SECONDS = 10.0
+READ_SECONDS = 20.0  # the longest a test reads one response
 ID_LINE = re.compile(rb"id: ([^\n]*)\n")
 ANSWER_ID = re.compile(r"([A-Za-z0-9_-]+)\.(0|[1-9][0-9]*)")
 BEARER = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
@@ -114,6 +115,8 @@ class Reader:
     body: bytes = b""
     _unread: bytes = b""  # received, not yet a whole chunk
     _ended: bool = False  # the last chunk came
+    # Keep-alives would keep a reader waiting for an event that never comes forever.
+    deadline: float = field(default_factory=lambda: time.monotonic() + READ_SECONDS)
 
     def events(self) -> list[bytes]:
         """The complete events received so far, keep-alive comments left out."""
@@ -144,6 +147,7 @@ class Reader:
 
     def _receive(self) -> bool:
         """Read what the socket has; False at the end of the body."""
+        assert time.monotonic() < self.deadline, f"still reading: {self.body[-300:]!r}"
         return not self._ended and self.take(self.sock.recv(65536))
 
     def take(self, data: bytes) -> bool:
