@@ -407,7 +407,20 @@ def drop_mid_answer(server: Server, route: str, script: Script) -> tuple[str, in
     reader.close()
     check_ids(events, answer)
     assert events == expected_events(answer, SLOW_DELTAS)[: len(events)]
+    assert_sse_headers(reader, answer)
     return answer, len(events) - 1
+
+
+def assert_sse_headers(reader: Reader, answer: str) -> None:
+    """The contract's SSE headers, and the answer's id."""
+    for name, value in {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+        "x-stream-id": answer,
+    }.items():
+        assert reader.headers.get(name) == value, (name, reader.headers)
+    assert "content-length" not in reader.headers
 
 
 def test_an_answer_dropped_on_one_master_resumes_on_another_byte_for_byte(
@@ -421,8 +434,7 @@ def test_an_answer_dropped_on_one_master_resumes_on_another_byte_for_byte(
     body = json.dumps({"prompt": f"not read {other.marker}"}).encode()
     reader = resume(django_redis, "/completions/chat", f"{answer}.{last_read}", body)
     assert reader.status == 200, reader.body
-    assert reader.headers["x-stream-id"] == answer
-    assert reader.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert_sse_headers(reader, answer)
     rest = events_in(reader.read_to_end())
     assert rest == expected_events(answer, SLOW_DELTAS)[last_read + 1 :]
     record = script.wait_for_request()
@@ -560,11 +572,14 @@ def test_delete_from_another_master_stops_the_answer_within_a_second(
 def test_an_answer_nobody_reads_is_stopped_after_the_abandon_time(
     upstream: FakeUpstream, flask_redis: Server, django_redis: Server
 ) -> None:
-    """A reader keeps it going past the abandon time; once the last one leaves, it is
-    stopped ``STREAM_RESUME_ABANDON_SECONDS`` later, within a second."""
+    """A reader on another master keeps it going past the abandon time after its
+    first client left; once the last reader leaves, it is stopped
+    ``STREAM_RESUME_ABANDON_SECONDS`` later, within a second."""
     script = upstream.script(Forever("tick ", interval=0.05, limit_seconds=30))
-    reader = start(flask_redis, "/completionChat", script)
-    answer = answer_of(reader)
+    first = start(flask_redis, "/completionChat", script)
+    answer = answer_of(first)
+    reader = resume(django_redis, "/completionChat", f"{answer}.0")
+    first.close()
     read_until = time.monotonic() + RESUME_ABANDON_SECONDS + 0.5
     reader.read_until(lambda: time.monotonic() > read_until)
     assert script.requests[0].disconnected_at is None
@@ -630,7 +645,10 @@ def test_stopping_a_use_chat_answer_ends_it_with_abort_then_done(
     # POST /api/chat with Last-Event-ID and an empty body: the same log, from there.
     later = resume(django_redis, "/api/chat", f"{answer}.0")
     assert later.status == 200, later.body
+    assert later.headers["x-vercel-ai-ui-message-stream"] == "v1"
     assert events_in(later.read_to_end()) == events[1:]
+    last = resume(flask_redis, "/api/chat", f"{answer}.{len(events) - 1}")
+    assert (last.status, last.read_to_end()) == (204, b"")
     assert len(script.requests) == 1
 
 
