@@ -748,7 +748,7 @@ def test_resuming_following_and_stopping_are_guarded_like_streaming(
     assert error_in(events_in(reader.body)[-1])["type"] == "stopped"
 
 
-# --- A producer that dies -------------------------------------------------------------
+# --- A producer that dies, or leaves ------------------------------------------------
 
 
 def test_a_killed_producer_gives_its_readers_stream_lost_within_10s(
@@ -763,10 +763,7 @@ def test_a_killed_producer_gives_its_readers_stream_lost_within_10s(
     follower = resume(flask_redis, "/completionChat", f"{answer}.0", timeout=30)
     assert follower.status == 200, follower.body
     follower.read_events(2)
-    worker = django_redis.worker_pid()
-    assert django_redis.process is not None
-    assert _parent_of(worker) == django_redis.process.pid
-    os.kill(worker, signal.SIGKILL)
+    os.kill(_worker_of(django_redis), signal.SIGKILL)
     killed_at = time.monotonic()
     producer.close()
     latecomer = resume(flask_redis, "/completionChat", f"{answer}.0", timeout=30)
@@ -780,6 +777,36 @@ def test_a_killed_producer_gives_its_readers_stream_lost_within_10s(
     assert error_in(events[-1])["type"] == "stream_lost"
     assert b"[DONE]" not in follower.body
     assert events_in(latecomer.body) == events
+
+
+def test_a_worker_shutting_down_ends_its_answers_with_server_shutdown(
+    upstream: FakeUpstream, flask_redis: Server, django_redis: Server
+) -> None:
+    """SIGTERM to the producing worker, as its master sends on a redeploy or a
+    reload: its answers end at once with an error in their logs, which their readers
+    on another master read (not ``stream_lost``), and their upstream is closed."""
+    script = upstream.script(Forever("tick ", interval=0.05, limit_seconds=30))
+    producer = start(flask_redis, "/completionChat", script)
+    answer = answer_of(producer)
+    follower = resume(django_redis, "/completionChat", f"{answer}.0")
+    follower.read_events(2)
+    os.kill(_worker_of(flask_redis), signal.SIGTERM)
+    stopping_at = time.monotonic()
+    follower.read_to(b"event: error")
+    assert time.monotonic() - stopping_at <= CANCEL_BOUND_SECONDS
+    assert wait_for_hangup(script.requests[0], 5) - stopping_at <= CANCEL_BOUND_SECONDS
+    for reader in (follower, producer):
+        events = events_in(reader.read_to_end())
+        assert error_in(events[-1])["type"] == "server_shutdown"
+    check_ids(events, answer)
+
+
+def _worker_of(server: Server) -> int:
+    """The PID of the gunicorn worker of a master this session started."""
+    worker = server.worker_pid()
+    assert server.process is not None
+    assert _parent_of(worker) == server.process.pid
+    return worker
 
 
 def _parent_of(pid: int) -> int:
