@@ -395,7 +395,10 @@ class _Tail:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True)
                 self._thread.start()
-        self._store.redis.xadd(self._wake_key, {"w": "1"}, maxlen=1)
+        pipe = self._store.redis.pipeline()
+        pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1)
+        pipe.expire(self._wake_key, 3600)  # a process that went away leaves nothing
+        pipe.execute()
 
     def unfollow(self, log_key: str) -> None:
         with self._lock:
