@@ -67,7 +67,6 @@ CHAT_ROUTES = ["/completionChat", "/completions/chat", "/api/chat"]
 STREAM_LOST_BOUND_SECONDS = 10.0
 READ_SECONDS = 20.0  # the longest a test reads one response
 ID_LINE = re.compile(rb"id: ([^\n]*)\n")
-ANSWER_ID = re.compile(r"([A-Za-z0-9_-]+)\.(0|[1-9][0-9]*)")
 BEARER = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
 SLOW_DELTAS = [f"w{i} " for i in range(8)]
 
@@ -209,6 +208,7 @@ def events_in(body: bytes) -> list[bytes]:
 
 
 def comments_in(body: bytes) -> list[bytes]:
+    """The comment lines of an SSE body (keep-alives)."""
     return [frame for frame in body.split(b"\n\n") if frame.startswith(b":")]
 
 
@@ -290,6 +290,7 @@ def error_in(event: bytes) -> dict[str, str]:
 
 
 def ui_part(event: bytes) -> dict[str, Any]:
+    """The part of a UI message stream's event (``[DONE]`` as a part of that type)."""
     (parsed,) = parse_sse(event)
     if parsed.data == "[DONE]":
         return {"type": "[DONE]"}
