@@ -456,6 +456,7 @@ def test_memory_mode_resumes_after_a_drop(
     rest = events_in(reader.read_to_end())
     assert rest == expected_events(answer, SLOW_DELTAS)[last_read + 1 :]
     wait_for_end(script.requests[0])
+    assert script.requests[0].disconnected_at is None
     assert len(script.requests) == 1
 
 
