@@ -44,6 +44,7 @@ from tests.fake_upstream import (
     ErrorEvent,
     FakeUpstream,
     Finish,
+    Flood,
     Forever,
     Reasoning,
     RecordedRequest,
@@ -458,6 +459,45 @@ def test_memory_mode_resumes_after_a_drop(
     wait_for_end(script.requests[0])
     assert script.requests[0].disconnected_at is None
     assert len(script.requests) == 1
+
+
+def test_a_long_fast_answer_resumes_from_its_middle_on_another_master(
+    upstream: FakeUpstream, flask_redis: Server, django_redis: Server
+) -> None:
+    """Events logged many at a time, lines split, non-ASCII: every one keeps its
+    place, and a resume from the middle gets the rest, byte for byte."""
+    script = upstream.script(
+        Text("first\nline é🎉"), Flood("many ", 400), Text("\n\nlast"), Done()
+    )
+    reader = start(django_redis, "/completionChat", script)
+    answer = answer_of(reader)
+    events = events_in(reader.read_to_end())
+    check_ids(events, answer)
+    assert events[0] == f"id: {answer}.0\ndata: first\ndata: line é🎉\n\n".encode()
+    assert events[-2] == f"id: {answer}.401\ndata: \ndata: \ndata: last\n\n".encode()
+    middle = len(events) // 2
+    status, _, body = flask_redis.request(
+        "GET", "/completionChat", headers={"Last-Event-ID": f"{answer}.{middle}"}
+    )
+    assert (status, events_in(body)) == (200, events[middle + 1 :])
+    assert len(script.requests) == 1
+
+
+def test_errors_before_the_first_byte_are_still_json_with_no_answer_id(
+    upstream: FakeUpstream, django_redis: Server
+) -> None:
+    """Resumable or not, a request refused, or an upstream refusing before any
+    output, is answered with the contract's status and JSON, and no answer id."""
+    error = {"message": "context too long", "type": "invalid_request_error"}
+    failing = upstream.script(status=400, body={"error": error})  # never retried
+    for route in CHAT_ROUTES:
+        reader = start(django_redis, route, failing)
+        body = reader.read_to_end()
+        assert reader.status == 400, body
+        assert "x-stream-id" not in reader.headers
+        assert json.loads(body)["error"]["type"]
+    status, headers, body = django_redis.request("GET", "/completionChat?prompt=")
+    assert status == 400 and "X-Stream-Id" not in headers, body
 
 
 def test_after_the_last_event_a_resume_is_204(
