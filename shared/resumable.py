@@ -51,7 +51,6 @@ KEEPER_SECONDS = 0.5  # stop, abandon and loss are seen within this (and a read)
 HEARTBEAT_MS = 3000  # a producer unseen this long is lost
 _READ_WAIT_SECONDS = 0.5  # a reader looks at its client at least this often
 _MIRROR_IDLE_SECONDS = 5.0  # a followed log nobody here reads is let go after this
-_SHUTDOWN_WRITE_SECONDS = 2.0  # for producers ended at shutdown to log their end
 _READ_MARK_MS = 3600 * 1000  # when another process last read an answer
 _RUNNING_TTL_MS = 24 * 3600 * 1000  # a running answer's keys, should it never end
 STOPPED = "stopped"
@@ -487,26 +486,26 @@ class _Producer:
         self.body.end(error)
 
 
-# Every app's answers in this process: end_resumable_answers() ends their producers.
+# Every app's answers in this process: wait_for_answers() waits for their producers.
 _all_answers: weakref.WeakSet[Answers] = weakref.WeakSet()
 
 
-def end_resumable_answers(
-    message: str = "The server is shutting down: ask again.",
-    type: str = "server_shutdown",
-) -> int:
-    """End every answer this process produces, now: each log ends with an error
-    event that its readers, here or on another machine, read; how many there were.
+def wait_for_answers(timeout: float) -> int:
+    """Wait up to ``timeout`` for the answers this process produces to end; how
+    many were running.
 
-    For a shutdown (``gunicorn.conf.py`` calls it on SIGTERM): a producer is no
-    request, so nothing waits for it, and a log that just stopped would leave its
-    readers waiting for ``stream_lost``.
+    For a worker that stops (``gunicorn.conf.py``'s ``worker_exit``): a producer
+    is no request, so nothing else waits for it, and a log that just stopped would
+    leave its readers waiting for ``stream_lost``.
     """
     producers = [
-        p for answers in list(_all_answers) for p in answers.producers.values()
+        producer
+        for answers in list(_all_answers)
+        for producer in list(answers.producers.values())
     ]
+    deadline = time.monotonic() + timeout
     for producer in producers:
-        producer.stop(StreamError(503, message, type))
+        producer.thread.join(max(0.0, deadline - time.monotonic()))
     return len(producers)
 
 
