@@ -93,6 +93,7 @@ def post_worker_init(worker: Any) -> None:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)  # gunicorn's own: stop accepting, then wait
+        gevent.spawn(_end_resumable_answers)
         gevent.spawn(_end_streams_in_time, float(worker.cfg.graceful_timeout))
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -105,6 +106,15 @@ def _end_streams_in_time(graceful_timeout: float) -> None:
         for module in _streaming_modules():
             module.end_open_streams()
         gevent.sleep(0.25)
+
+
+def _end_resumable_answers() -> None:
+    """Resumable answers (``STREAM_RESUMABLE=1``) run in no request, so nothing
+    waits for them: each ends now, its log with a ``server_shutdown`` error event
+    that its readers read, wherever they are."""
+    resumable = sys.modules.get("shared.resumable")
+    if resumable is not None:
+        resumable.end_resumable_answers()
 
 
 def _streaming_modules() -> list[ModuleType]:

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from shared.guard import Guard
+from shared.resumable import Answers, answers_for
 from shared.tools import tools_for
 from shared.upstream import Upstream
 
@@ -15,6 +16,7 @@ class StreamConfig(AppConfig):
     name = "django_project"
     upstream: Upstream
     guard: Guard
+    answers: Answers | None
 
     def ready(self) -> None:
         # At start, not on the first request: the server says which upstream answers.
@@ -25,3 +27,4 @@ class StreamConfig(AppConfig):
         if isinstance(authorize, str):  # a dotted path, e.g. from the environment
             authorize = import_string(authorize)
         StreamConfig.guard = Guard(settings.STREAM_SETTINGS, authorize)
+        StreamConfig.answers = answers_for(stream_settings)

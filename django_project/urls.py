@@ -21,5 +21,7 @@ urlpatterns = [
     path("completions/chat", views.completions_chat),
     path("api/stream", views.api_stream),
     path("api/chat", views.api_chat),
+    path("api/chat/<str:chat_id>/stream", views.api_chat_stream),
+    path("streams/<str:answer_id>", views.stop_stream),
     path("admin/", admin.site.urls),
 ]

@@ -19,7 +19,7 @@ from django.views.decorators.debug import sensitive_variables
 from django_project.apps import StreamConfig
 from django_project.errors import json_error
 from shared.config import Settings
-from shared.environ import json_object, query_prompt, ui_messages
+from shared.environ import json_object, query_prompt, ui_request
 from shared.guard import Guard, cors_headers, method_not_allowed
 from shared.pages import (
     JSON_CONTENT_TYPE,
@@ -28,15 +28,19 @@ from shared.pages import (
     index_page,
     use_chat_file,
 )
+from shared.responses import (
+    chat_in_progress,
+    resumed_answer,
+    stop_answer,
+    stream_answer,
+)
+from shared.resumable import Streamed
 from shared.streaming import (
-    SSE_HEADERS,
     TEXT_HEADERS,
     StreamError,
     client_socket_of,
-    sse_frames,
     text_stream,
 )
-from shared.ui_message_stream import UI_MESSAGE_STREAM_HEADERS, ui_message_stream
 from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
@@ -56,12 +60,16 @@ def _guard() -> Guard:
     return StreamConfig.guard
 
 
-def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
+def guarded(
+    method: str, *, streaming: bool = True, resumes: str | None = None
+) -> Callable[[View], View]:
     """Answer ``method`` and its preflight; errors become the contract's JSON.
 
     Any other method, HEAD included, gets 405 (it would start a completion). A
     ``streaming`` route spends the key, so ``shared.guard``'s rules apply to it
-    (same site, token or ``STREAM_AUTHORIZE``, rate and size limits).
+    (same site, token or ``STREAM_AUTHORIZE``, rate and size limits). A route
+    that ``resumes`` answers (of that encoding) gives a request with
+    ``Last-Event-ID`` the rest of its answer instead of calling the view.
 
     Django's CSRF token check is waived: these routes take only JSON bodies and
     refuse cross-site requests (``shared.guard``), which is their CSRF defence, so
@@ -87,13 +95,18 @@ def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
                     method,
                     streaming=streaming,
                 )
-                if preflight is None:
-                    if streaming:
-                        _close_database_connections()
-                    response = view(request, **url_args)
-                else:
+                if preflight is not None:
                     response = HttpResponse(status=204, headers=preflight)
                     del response["Content-Type"]
+                else:
+                    if streaming:
+                        _close_database_connections()
+                    resumed = resumes and resumed_answer(
+                        request.META, StreamConfig.answers, resumes
+                    )
+                    response = (
+                        _response(resumed) if resumed else view(request, **url_args)
+                    )
             except StreamError as error:
                 response = json_error(error)
             for name, value in cors_headers(request.headers, origins).items():
@@ -119,15 +132,32 @@ def _close_database_connections() -> None:
             connection.close()
 
 
-def _sse(request: HttpRequest, answer: Answer) -> StreamingHttpResponse:
-    body = sse_frames(
-        answer.opener,
-        tools=answer.tools,
-        follow_up=answer.follow_up,
-        keepalive_seconds=_settings().keepalive_seconds,
-        client_socket=client_socket_of(request.META),
+def _response(streamed: Streamed) -> HttpResponseBase:
+    if streamed.status == 204:
+        return HttpResponse(status=204, headers=streamed.headers)
+    return StreamingHttpResponse(
+        streamed.body, status=streamed.status, headers=streamed.headers
     )
-    return StreamingHttpResponse(body, headers=SSE_HEADERS)
+
+
+def _stream(
+    request: HttpRequest,
+    answer: Answer,
+    *,
+    resumable: bool = True,
+    encoding: str = "sse",
+    chat_id: str | None = None,
+) -> HttpResponseBase:
+    """``answer`` as the route writes it; logged for resuming when it may be."""
+    streamed = stream_answer(
+        answer,
+        request.META,
+        _settings(),
+        StreamConfig.answers if resumable else None,
+        encoding=encoding,
+        chat_id=chat_id,
+    )
+    return _response(streamed)
 
 
 @guarded("GET", streaming=False)
@@ -166,25 +196,26 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 @guarded("GET")
-def completion(request: HttpRequest) -> StreamingHttpResponse:
+def completion(request: HttpRequest) -> HttpResponseBase:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.META, _settings())
-    return _sse(request, _upstream().completion(prompt))
+    return _stream(request, _upstream().completion(prompt), resumable=False)
 
 
-@guarded("GET")
-def completion_chat(request: HttpRequest) -> StreamingHttpResponse:
+@guarded("GET", resumes="sse")
+def completion_chat(request: HttpRequest) -> HttpResponseBase:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.META, _settings())
-    return _sse(request, _upstream().chat([{"role": "user", "content": prompt}]))
+    messages = [{"role": "user", "content": prompt}]
+    return _stream(request, _upstream().chat(messages))
 
 
-@guarded("POST")
-def completions_chat(request: HttpRequest) -> StreamingHttpResponse:
+@guarded("POST", resumes="sse")
+def completions_chat(request: HttpRequest) -> HttpResponseBase:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
     body = json_object(request.META, _settings())
     messages = messages_from_json(body, "prompt", _settings().max_prompt_chars)
-    return _sse(request, _upstream().chat(messages))
+    return _stream(request, _upstream().chat(messages))
 
 
 @guarded("POST")
@@ -202,15 +233,21 @@ def api_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(text, headers=TEXT_HEADERS)
 
 
-@guarded("POST")
-def api_chat(request: HttpRequest) -> StreamingHttpResponse:
+@guarded("POST", resumes="ui")
+def api_chat(request: HttpRequest) -> HttpResponseBase:
     """Answer the Vercel AI SDK's ``useChat`` in its UI message stream."""
-    answer = _upstream().chat(ui_messages(request.META, _settings()))
-    body = ui_message_stream(
-        answer.opener,
-        tools=answer.tools,
-        follow_up=answer.follow_up,
-        keepalive_seconds=_settings().keepalive_seconds,
-        client_socket=client_socket_of(request.META),
-    )
-    return StreamingHttpResponse(body, headers=UI_MESSAGE_STREAM_HEADERS)
+    chat_id, messages = ui_request(request.META, _settings())
+    answer = _upstream().chat(messages)
+    return _stream(request, answer, encoding="ui", chat_id=chat_id)
+
+
+@guarded("GET")
+def api_chat_stream(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    """``useChat``'s ``resume: true``: the chat's answer in progress, or 204."""
+    return _response(chat_in_progress(chat_id, request.META, StreamConfig.answers))
+
+
+@guarded("DELETE")
+def stop_stream(request: HttpRequest, answer_id: str) -> HttpResponseBase:
+    """Stop a resumable answer, whichever worker or machine produces it."""
+    return _response(stop_answer(answer_id, StreamConfig.answers))

@@ -21,6 +21,7 @@ from shared.guard import (
     check_host,
     refuse_too_many_fields,
 )
+from shared.resumable import answers_for
 from shared.streaming import StreamError, comma_list
 from shared.tools import ToolSpec, tools_for
 from shared.upstream import Upstream
@@ -52,6 +53,7 @@ def create_app(
     settings = app.config["STREAM_SETTINGS"]
     app.extensions["upstream"] = Upstream(settings, tools_for(settings, tools))
     app.extensions["stream_guard"] = Guard(settings, authorize)
+    app.extensions["answers"] = answers_for(settings)
     app.before_request(_refuse_unknown_host)
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, framework_error)

@@ -14,7 +14,7 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from flask_app.errors import json_error
 from shared.config import Settings
-from shared.environ import json_object, query_prompt, ui_messages
+from shared.environ import json_object, query_prompt, ui_request
 from shared.guard import Guard, cors_headers
 from shared.pages import (
     JSON_CONTENT_TYPE,
@@ -23,15 +23,19 @@ from shared.pages import (
     index_page,
     use_chat_file,
 )
+from shared.responses import (
+    chat_in_progress,
+    resumed_answer,
+    stop_answer,
+    stream_answer,
+)
+from shared.resumable import Answers, Streamed
 from shared.streaming import (
-    SSE_HEADERS,
     TEXT_HEADERS,
     StreamError,
     client_socket_of,
-    sse_frames,
     text_stream,
 )
-from shared.ui_message_stream import UI_MESSAGE_STREAM_HEADERS, ui_message_stream
 from shared.upstream import Answer, Upstream
 from shared.validation import messages_from_json
 
@@ -55,15 +59,25 @@ def _guard() -> Guard:
     return guard
 
 
-def route(path: str, method: str, *, streaming: bool = True) -> Callable[[View], View]:
+def _answers() -> Answers | None:
+    """The resumable answers (``STREAM_RESUMABLE=1``), else ``None``."""
+    answers: Answers | None = current_app.extensions["answers"]
+    return answers
+
+
+def route(
+    path: str, method: str, *, streaming: bool = True, resumes: str | None = None
+) -> Callable[[View], View]:
     """Mount a view at ``path`` for ``method``, and ``OPTIONS`` for the preflight.
 
     Werkzeug answers any other method with 405, which ``flask_app.errors`` writes
-    as JSON; HEAD, which Werkzeug adds to every GET rule, is refused below.
+    as JSON; HEAD, which Werkzeug adds to every GET rule, is refused below. A route
+    that ``resumes`` answers (of that encoding) gives a request with
+    ``Last-Event-ID`` the rest of its answer instead of calling the view.
     """
 
     def decorator(view: View) -> View:
-        guarded_view = guarded(method, streaming=streaming)(view)
+        guarded_view = guarded(method, streaming=streaming, resumes=resumes)(view)
         bp.add_url_rule(
             path,
             view_func=guarded_view,
@@ -83,7 +97,9 @@ def refuse_head() -> None:
         raise MethodNotAllowed(rule.methods)
 
 
-def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
+def guarded(
+    method: str, *, streaming: bool = True, resumes: str | None = None
+) -> Callable[[View], View]:
     """Answer ``method`` and its preflight; errors become the contract's JSON.
 
     A ``streaming`` route spends the key, so ``shared.guard``'s rules apply to it
@@ -104,11 +120,13 @@ def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
                     method,
                     streaming=streaming,
                 )
-                if preflight is None:
-                    response = view(**url_args)
-                else:
+                if preflight is not None:
                     response = Response(status=204, headers=preflight)
                     del response.headers["Content-Type"]
+                elif resumed := _resumed(resumes):
+                    response = _response(resumed)
+                else:
+                    response = view(**url_args)
             except StreamError as error:
                 response = json_error(error)
             response.headers.update(cors_headers(request.headers, origins))
@@ -119,15 +137,39 @@ def guarded(method: str, *, streaming: bool = True) -> Callable[[View], View]:
     return decorator
 
 
-def _sse(answer: Answer) -> Response:
-    body = sse_frames(
-        answer.opener,
-        tools=answer.tools,
-        follow_up=answer.follow_up,
-        keepalive_seconds=_settings().keepalive_seconds,
-        client_socket=client_socket_of(request.environ),
+def _resumed(encoding: str | None) -> Streamed | None:
+    """The rest of an answer, for a request with ``Last-Event-ID`` to a route that
+    resumes answers written as ``encoding``."""
+    if encoding is None:
+        return None
+    return resumed_answer(request.environ, _answers(), encoding)
+
+
+def _response(streamed: Streamed) -> Response:
+    response = Response(streamed.body, streamed.status, streamed.headers)
+    if streamed.status == 204:
+        del response.headers["Content-Type"]
+    return response
+
+
+def _stream(
+    answer: Answer,
+    *,
+    resumable: bool = True,
+    encoding: str = "sse",
+    chat_id: str | None = None,
+) -> Response:
+    """``answer`` as the route writes it; logged for resuming when it may be."""
+    answers = _answers() if resumable else None
+    streamed = stream_answer(
+        answer,
+        request.environ,
+        _settings(),
+        answers,
+        encoding=encoding,
+        chat_id=chat_id,
     )
-    return Response(body, headers=SSE_HEADERS)
+    return _response(streamed)
 
 
 @route("/", "GET", streaming=False)
@@ -169,22 +211,22 @@ def healthz() -> Response:
 def completion() -> Response:
     """Stream a legacy completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.environ, _settings())
-    return _sse(_upstream().completion(prompt))
+    return _stream(_upstream().completion(prompt), resumable=False)
 
 
-@route("/completionChat", "GET")
+@route("/completionChat", "GET", resumes="sse")
 def completion_chat() -> Response:
     """Stream one chat completion for ``?prompt=`` as Server-Sent Events."""
     prompt = query_prompt(request.environ, _settings())
-    return _sse(_upstream().chat([{"role": "user", "content": prompt}]))
+    return _stream(_upstream().chat([{"role": "user", "content": prompt}]))
 
 
-@route("/completions/chat", "POST")
+@route("/completions/chat", "POST", resumes="sse")
 def completions_chat() -> Response:
     """Stream a chat completion for a JSON ``prompt`` or ``messages`` as SSE."""
     body = json_object(request.environ, _settings())
     messages = messages_from_json(body, "prompt", _settings().max_prompt_chars)
-    return _sse(_upstream().chat(messages))
+    return _stream(_upstream().chat(messages))
 
 
 @route("/api/stream", "POST")
@@ -202,15 +244,20 @@ def api_stream() -> Response:
     return Response(text, headers=TEXT_HEADERS)
 
 
-@route("/api/chat", "POST")
+@route("/api/chat", "POST", resumes="ui")
 def api_chat() -> Response:
     """Answer the Vercel AI SDK's ``useChat`` in its UI message stream."""
-    answer = _upstream().chat(ui_messages(request.environ, _settings()))
-    body = ui_message_stream(
-        answer.opener,
-        tools=answer.tools,
-        follow_up=answer.follow_up,
-        keepalive_seconds=_settings().keepalive_seconds,
-        client_socket=client_socket_of(request.environ),
-    )
-    return Response(body, headers=UI_MESSAGE_STREAM_HEADERS)
+    chat_id, messages = ui_request(request.environ, _settings())
+    return _stream(_upstream().chat(messages), encoding="ui", chat_id=chat_id)
+
+
+@route("/api/chat/<chat_id>/stream", "GET")
+def api_chat_stream(chat_id: str) -> Response:
+    """``useChat``'s ``resume: true``: the chat's answer in progress, or 204."""
+    return _response(chat_in_progress(chat_id, request.environ, _answers()))
+
+
+@route("/streams/<answer_id>", "DELETE")
+def stop_stream(answer_id: str) -> Response:
+    """Stop a resumable answer, whichever worker or machine produces it."""
+    return _response(stop_answer(answer_id, _answers()))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Self
 
-from shared.streaming import StreamSettings, comma_list
+from shared.streaming import MAX_SECONDS, StreamSettings, comma_list, positive_setting
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_COMPLETION_MODEL = "gpt-3.5-turbo-instruct"
@@ -20,6 +20,11 @@ DEFAULT_CHAT_API = "chat"
 # The host names each app answers to (DJANGO_ALLOWED_HOSTS, FLASK_TRUSTED_HOSTS).
 DEFAULT_ALLOWED_HOSTS = "127.0.0.1,localhost,[::1]"
 CHAT_APIS = ("chat", "responses")
+# Resumable answers (STREAM_RESUMABLE=1): unread this long, an answer is stopped;
+# ended, its log is kept this long.
+DEFAULT_RESUME_ABANDON_SECONDS = 30.0
+DEFAULT_RESUME_TTL_SECONDS = 600.0
+SWITCH_VALUES = {"": False, "0": False, "1": True}
 # Sent when OPENAI_BASE_URL names a local server that needs no key.
 PLACEHOLDER_API_KEY = "no-key-needed"
 # Their values go into HTTP headers: the openai SDK sends the last two when set.
@@ -49,6 +54,9 @@ class Settings(StreamSettings):
     rate_limit: str | None = None  # e.g. "20/minute", per client address
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     tools: tuple[str, ...] = ()  # dotted paths of the functions the model may call
+    resumable: bool = False
+    resume_abandon_seconds: float = DEFAULT_RESUME_ABANDON_SECONDS
+    resume_ttl_seconds: float = DEFAULT_RESUME_TTL_SECONDS
 
     @property
     def uses_demo(self) -> bool:
@@ -72,6 +80,9 @@ class Settings(StreamSettings):
         rate_limit = environ.get("STREAM_RATE_LIMIT") or None
         if rate_limit is not None:
             _check_rate_limit(rate_limit)
+        resumable = environ.get("STREAM_RESUMABLE", "")
+        if resumable not in SWITCH_VALUES:
+            raise ValueError(f"STREAM_RESUMABLE must be 1 or 0, got {resumable!r}")
         streaming = StreamSettings.from_env(environ)
         return cls(
             **{item.name: getattr(streaming, item.name) for item in fields(streaming)},
@@ -85,6 +96,21 @@ class Settings(StreamSettings):
             rate_limit=rate_limit,
             redis_url=environ.get("REDIS_URL") or None,
             tools=tuple(comma_list(environ, "STREAM_TOOLS")),
+            resumable=SWITCH_VALUES[resumable],
+            resume_abandon_seconds=positive_setting(
+                environ,
+                "STREAM_RESUME_ABANDON_SECONDS",
+                DEFAULT_RESUME_ABANDON_SECONDS,
+                float,
+                MAX_SECONDS,
+            ),
+            resume_ttl_seconds=positive_setting(
+                environ,
+                "STREAM_RESUME_TTL_SECONDS",
+                DEFAULT_RESUME_TTL_SECONDS,
+                float,
+                MAX_SECONDS,
+            ),
         )
 
 

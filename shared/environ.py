@@ -28,6 +28,12 @@ def json_object(environ: Mapping[str, Any], settings: Settings) -> dict[str, Any
     return json_body(body, environ.get("CONTENT_TYPE"))
 
 
-def ui_messages(environ: Mapping[str, Any], settings: Settings) -> list[dict[str, Any]]:
-    """The chat messages of the body ``useChat`` posts (400, 413 or 415 otherwise)."""
-    return messages_from_ui(json_object(environ, settings), settings.max_prompt_chars)
+def ui_request(
+    environ: Mapping[str, Any], settings: Settings
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The chat id and messages of the body ``useChat`` posts (400, 413 or 415
+    otherwise)."""
+    body = json_object(environ, settings)
+    chat_id = body.get("id")
+    messages = messages_from_ui(body, settings.max_prompt_chars)
+    return (chat_id if isinstance(chat_id, str) else None), messages

@@ -103,6 +103,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "SSE_HEADERS",
     "TEXT_HEADERS",
+    "Body",
     "Callbacks",
     "ClientDisconnected",
     "Encoder",
@@ -128,6 +129,7 @@ __all__ = [
     "Usage",
     "check_request",
     "check_site",
+    "client_has_left",
     "client_socket_of",
     "encoded_stream",
     "json_body",
@@ -452,31 +454,31 @@ class StreamSettings:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
         """Read the variables; raise ``ValueError`` naming a bad one."""
         return cls(
-            keepalive_seconds=_positive(
+            keepalive_seconds=positive_setting(
                 environ,
                 "STREAM_KEEPALIVE_SECONDS",
                 DEFAULT_KEEPALIVE_SECONDS,
                 float,
                 MAX_SECONDS,
             ),
-            max_prompt_chars=_positive(
+            max_prompt_chars=positive_setting(
                 environ,
                 "STREAM_MAX_PROMPT_CHARS",
                 DEFAULT_MAX_PROMPT_CHARS,
                 int,
                 MAX_CHARS_OR_TOKENS,
             ),
-            max_body_bytes=_positive(
+            max_body_bytes=positive_setting(
                 environ,
                 "STREAM_MAX_BODY_BYTES",
                 DEFAULT_MAX_BODY_BYTES,
                 int,
                 MAX_BODY_BYTES,
             ),
-            max_output_tokens=_positive(
+            max_output_tokens=positive_setting(
                 environ, "STREAM_MAX_OUTPUT_TOKENS", None, int, MAX_CHARS_OR_TOKENS
             ),
-            upstream_timeout_seconds=_positive(
+            upstream_timeout_seconds=positive_setting(
                 environ,
                 "STREAM_UPSTREAM_TIMEOUT_SECONDS",
                 DEFAULT_UPSTREAM_TIMEOUT_SECONDS,
@@ -490,10 +492,10 @@ class StreamSettings:
                 origin.rstrip("/")
                 for origin in comma_list(environ, "STREAM_CORS_ORIGINS")
             ),
-            max_steps=_positive(
+            max_steps=positive_setting(
                 environ, "STREAM_MAX_STEPS", DEFAULT_MAX_STEPS, int, MAX_STEPS
             ),
-            tool_timeout_seconds=_positive(
+            tool_timeout_seconds=positive_setting(
                 environ,
                 "STREAM_TOOL_TIMEOUT_SECONDS",
                 DEFAULT_TOOL_TIMEOUT_SECONDS,
@@ -665,14 +667,14 @@ def comma_list(environ: Mapping[str, str], name: str, default: str = "") -> list
 
 
 @overload
-def _positive(
+def positive_setting(
     environ: Mapping[str, str], name: str, default: _N, kind: type[_N], maximum: int
 ) -> _N: ...
 @overload
-def _positive(
+def positive_setting(
     environ: Mapping[str, str], name: str, default: None, kind: type[_N], maximum: int
 ) -> _N | None: ...
-def _positive(
+def positive_setting(
     environ: Mapping[str, str],
     name: str,
     default: _N | None,
@@ -1569,6 +1571,17 @@ def _tool_text(result: ToolResult) -> str:
 # --- The relay: from the upstream to the client, in time ------------------------------
 
 
+class Body(Protocol):
+    """A stream's WSGI body: its bytes; ``close()`` (the server calls it) ends it, and
+    ``end(error)`` ends it with ``error`` (see :func:`end_open_streams`)."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+    def end(self, error: StreamError) -> None: ...
+
+
 class Callbacks(TypedDict, total=False):
     """Optional hooks, called from the thread (or greenlet) that writes the response.
 
@@ -2342,6 +2355,22 @@ def _pollable(chunks: object) -> Pollable | None:
     return pollable
 
 
+def client_has_left(client: socket.socket) -> bool:
+    """Whether the client closed its connection (for a response that waits on
+    something else than the upstream: a log, a queue). Linux sees it at once;
+    elsewhere only a failed write tells."""
+    try:
+        peeked = _peek(client)
+    except BlockingIOError:
+        return False  # nothing to read: still connected
+    except OSError:
+        return True
+    if not peeked:
+        return True
+    state = _tcp_state(client)  # it sent bytes: its next request, or a TLS close
+    return state is not None and state != _TCP_ESTABLISHED
+
+
 def _peek(client: socket.socket) -> bytes:
     """The next byte the client sent, left unread; ``b""`` once it closed.
 
@@ -2399,7 +2428,7 @@ def sse_frames(
     tools: Tools | None = None,
     follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
-) -> Iterable[bytes]:
+) -> Body:
     """Stream ``chunks`` as SSE: text events, then the named ones (reasoning,
     refusals, tool calls and results, ``finish``), usage, then ``[DONE]``; a
     failure after the first byte as ``event: error``.
@@ -2437,7 +2466,7 @@ def text_stream(
     tools: Tools | None = None,
     follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
-) -> Iterable[bytes]:
+) -> Body:
     """Stream ``chunks`` as raw UTF-8 text (refusals too); a failure raises
     :class:`UpstreamFailed`.
 
@@ -2467,7 +2496,7 @@ def encoded_stream(
     tools: Tools | None = None,
     follow_up: FollowUp | None = None,
     **callbacks: Unpack[Callbacks],
-) -> Iterable[bytes]:
+) -> Body:
     """Stream ``chunks`` in the wire protocol of ``encoder``: the relay under
     :func:`sse_frames` and :func:`text_stream`, for a protocol of your own.
 
@@ -2497,6 +2526,10 @@ class _ClosingIterable:
 
     def __iter__(self) -> Iterator[bytes]:
         return self._body
+
+    def end(self, error: StreamError) -> None:
+        """End the stream now with ``error``, as :func:`end_open_streams` does."""
+        self._relay.end(error)
 
     def close(self) -> None:
         try:

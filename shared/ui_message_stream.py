@@ -38,6 +38,7 @@ UI_MESSAGE_STREAM_HEADERS = {
 }
 
 _KEEPALIVE = b": keep-alive\n\n"
+STOPPED = "stopped"  # the error type of an answer stopped on request
 _DONE = b"data: [DONE]\n\n"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -284,7 +285,10 @@ class UiMessageEncoder:
         parts: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, streaming.Error):  # the last event: the stream ends
-                parts.append({"type": "error", "errorText": event.message})
+                if event.type == STOPPED:  # stopped on request (a resumable answer)
+                    parts.append({"type": "abort"})
+                else:
+                    parts.append({"type": "error", "errorText": event.message})
                 return _frames(parts) + _DONE
             self._parts_of(event, parts)
         return _frames(parts)
@@ -455,7 +459,7 @@ def ui_message_stream(
     follow_up: streaming.FollowUp | None = None,
     message_id: str | None = None,
     **callbacks: Unpack[streaming.Callbacks],
-) -> Iterable[bytes]:
+) -> streaming.Body:
     """Stream ``chunks`` as the UI message stream ``useChat`` reads.
 
     As :func:`~streaming.sse_frames` (same arguments, same failures before the
