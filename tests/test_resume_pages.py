@@ -92,7 +92,7 @@ def open_page(
     page = browser.new_context().new_page()
     page.add_init_script(script=f"({WATCH_ANSWERS})({answers!r})")
     requests: list[Request] = []
-    page.on("request", requests.append)
+    page.on("request", lambda request: requests.append(request))
     page.goto(f"http://127.0.0.1:{server.port}{path}")
     return WatchedPage(page), requests
 
@@ -138,8 +138,8 @@ def test_demo_page_shows_the_whole_answer_once_after_a_reload_mid_answer(
     ask_demo(page, f"Count slowly {script.marker}", mode)
     answer = page.locator(DEMO_ANSWERS)
     expect(answer).to_contain_text("w3 ", timeout=WAIT_MS)
-    page.reload()
     resumed_from = len(requests)
+    page.reload()
     expect(page.locator("#status")).to_have_text("Done.", timeout=WAIT_MS)
     expect(answer).to_have_text([WHOLE])
     expect(page.locator("#conversation li")).to_have_count(2)  # question, answer
@@ -207,8 +207,8 @@ def test_use_chat_shows_the_whole_answer_once_after_a_reload_mid_answer(
     ask_use_chat(page, f"Count slowly {script.marker}")
     answer = page.locator(USE_CHAT_ANSWERS)
     expect(answer).to_contain_text("w3 ", timeout=WAIT_MS)
-    page.reload()
     resumed_from = len(requests)
+    page.reload()
     expect(answer).to_have_text([WHOLE], timeout=WAIT_MS)
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     question = page.get_by_test_id("message-user").get_by_test_id("text")
