@@ -22,7 +22,16 @@ from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
 from tests.chromium import WatchedPage, launch
 from tests.conftest import ServerPool
-from tests.fake_upstream import Done, FakeUpstream, Finish, Forever, Sleep, Step, Text
+from tests.fake_upstream import (
+    Done,
+    FakeUpstream,
+    Finish,
+    Forever,
+    Script,
+    Sleep,
+    Step,
+    Text,
+)
 from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server, ServerKind
 
 WAIT_MS = 10_000  # for anything the page should show
@@ -104,6 +113,26 @@ def assert_shown_once(page: Page) -> None:
     assert all(WHOLE.startswith(text) for text in seen), seen
 
 
+def assert_upstream_closed_within_a_second(
+    script: Script, clicked: float, requests: list[Request]
+) -> None:
+    """Stop closed the upstream within a second of the click, by the page's DELETE."""
+    script.wait_disconnected()
+    disconnected_at = script.wait_for_request().disconnected_at
+    assert disconnected_at is not None and disconnected_at - clicked < 1.0
+    answers = [stream_id(r) for r in requests if r.method != "DELETE"]
+    stops = [r for r in requests if r.method == "DELETE"]
+    assert [r.url.partition("/streams/")[2] for r in stops] == [a for a in answers if a]
+    response = stops[0].response()
+    assert response is not None and response.status == 204
+
+
+def stream_id(request: Request) -> str | None:
+    """The X-Stream-Id that the response to ``request`` said, if any."""
+    response = request.response()
+    return response.headers.get("x-stream-id") if response else None
+
+
 def assert_clean(watched: WatchedPage) -> None:
     assert watched.console_errors == []
     assert watched.dialogs == []
@@ -166,18 +195,14 @@ def test_demo_page_stop_closes_the_upstream_within_a_second(
     kind: ServerKind,
     mode: str,
 ) -> None:
-    watched, _ = open_page(browser, resumable[kind.name], "/", DEMO_ANSWERS)
+    watched, requests = open_page(browser, resumable[kind.name], "/", DEMO_ANSWERS)
     page = watched.page
     script = upstream.script(Forever("tick ", interval=0.05))
     ask_demo(page, f"Go on forever {script.marker}", mode)
     expect(page.locator(DEMO_ANSWERS)).to_contain_text("tick tick", timeout=WAIT_MS)
-    with page.expect_response(lambda r: "/streams/" in r.url) as stopped:
-        clicked = time.monotonic()
-        page.get_by_role("button", name="Stop").click()
-    assert (stopped.value.request.method, stopped.value.status) == ("DELETE", 204)
-    script.wait_disconnected()
-    disconnected_at = script.wait_for_request().disconnected_at
-    assert disconnected_at is not None and disconnected_at - clicked < 1.0
+    clicked = time.monotonic()
+    page.get_by_role("button", name="Stop").click()
+    assert_upstream_closed_within_a_second(script, clicked, requests)
     expect(page.locator("#status")).to_have_text("Stopped.")
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     assert_clean(watched)
@@ -231,17 +256,13 @@ def test_use_chat_stop_closes_the_upstream_within_a_second(
     kind: ServerKind,
 ) -> None:
     server = resumable[kind.name]
-    watched, _ = open_page(browser, server, "/use-chat", USE_CHAT_ANSWERS)
+    watched, requests = open_page(browser, server, "/use-chat", USE_CHAT_ANSWERS)
     page = watched.page
     script = upstream.script(Forever("tick ", interval=0.05))
     ask_use_chat(page, f"Go on forever {script.marker}")
     expect(page.locator(USE_CHAT_ANSWERS)).to_contain_text("tick tick", timeout=WAIT_MS)
-    with page.expect_response(lambda r: "/streams/" in r.url) as stopped:
-        clicked = time.monotonic()
-        page.get_by_role("button", name="Stop").click()
-    assert (stopped.value.request.method, stopped.value.status) == ("DELETE", 204)
-    script.wait_disconnected()
-    disconnected_at = script.wait_for_request().disconnected_at
-    assert disconnected_at is not None and disconnected_at - clicked < 1.0
+    clicked = time.monotonic()
+    page.get_by_role("button", name="Stop").click()
+    assert_upstream_closed_within_a_second(script, clicked, requests)
     expect(page.get_by_test_id("stopped")).to_have_text("Stopped.")
     assert_clean(watched)
