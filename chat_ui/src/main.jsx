@@ -14,15 +14,12 @@ import "./app.css";
 
 const SAVED = "use-chat.saved"; // the sessionStorage key of `saved`
 // This tab's chat: its id (useChat's, sent as the body's `id`), its messages, and
-// the X-Stream-Id of its answer in flight (null when none is, or the server does
-// not stream resumably). Kept only once the server has said X-Stream-Id.
-const saved = JSON.parse(sessionStorage.getItem(SAVED) ?? "null") ?? {
-  id: generateId(),
-  messages: [],
-  streamId: null,
-};
-const resumeOnLoad = saved.streamId !== null;
-let resumable = resumeOnLoad;
+// the X-Stream-Id of its answer in flight (for Stop; null when none is). Kept only
+// once the server has said X-Stream-Id: with any other server, the page is as if
+// it kept nothing.
+const stored = sessionStorage.getItem(SAVED);
+const saved = stored ? JSON.parse(stored) : { id: generateId(), messages: [], streamId: null };
+let resumable = stored !== null;
 
 function save(messages) {
   saved.messages = messages;
@@ -173,7 +170,7 @@ function App() {
   const { messages, sendMessage, regenerate, stop, status, error } = useChat({
     id: saved.id,
     messages: saved.messages,
-    resume: resumeOnLoad,
+    resume: stored !== null, // after a reload: the answer in flight, if one is
     transport,
     onFinish: ({ message, messages, isAbort }) => {
       setStoppedId(isAbort ? message.id : null);
