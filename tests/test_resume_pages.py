@@ -45,7 +45,7 @@ RESUMABLE = {
 }
 WORDS = [f"w{index} " for index in range(30)]
 WHOLE = "".join(WORDS)
-# Every text the answers showed, from the page's first script on: a part shown
+# Every text the last answer showed, from the page's first script on: a part shown
 # twice, or out of order, is a text that is no prefix of the whole answer.
 WATCH_ANSWERS = """selector => {
     window.seen = [];
@@ -56,7 +56,9 @@ WATCH_ANSWERS = """selector => {
     }).observe(document, { childList: true, subtree: true, characterData: true });
 }"""
 DEMO_ANSWERS = "#conversation li.assistant .text"
+DEMO_LAST_ANSWER = "#conversation li.assistant:last-child .text"
 USE_CHAT_ANSWERS = "[data-testid=message-assistant] [data-testid=text]"
+USE_CHAT_LAST_ANSWER = "[data-testid=message-assistant]:last-child [data-testid=text]"
 
 
 def slow_answer() -> list[Step]:
@@ -107,7 +109,8 @@ def open_page(
 
 
 def assert_shown_once(page: Page) -> None:
-    """Since the last load, every text shown was a prefix of the whole answer."""
+    """Since the last load, every text of the last answer was a prefix of the whole
+    answer."""
     seen: list[str] = page.evaluate("window.seen")
     assert seen, "the page showed no answer"
     assert all(WHOLE.startswith(text) for text in seen), seen
@@ -161,25 +164,35 @@ def test_demo_page_shows_the_whole_answer_once_after_a_reload_mid_answer(
     kind: ServerKind,
     mode: str,
 ) -> None:
-    watched, requests = open_page(browser, resumable[kind.name], "/", DEMO_ANSWERS)
+    server = resumable[kind.name]
+    watched, requests = open_page(browser, server, "/", DEMO_LAST_ANSWER)
     page = watched.page
+    # The second request repeats the first's marker: its own script comes first.
     script = upstream.script(*slow_answer())
+    first = upstream.script(Text("Paris."), Done())
+    ask_demo(page, f"Capital of France? {first.marker}", mode)
+    expect(page.locator("#status")).to_have_text("Done.", timeout=WAIT_MS)
     ask_demo(page, f"Count slowly {script.marker}", mode)
-    answer = page.locator(DEMO_ANSWERS)
-    expect(answer).to_contain_text("w3 ", timeout=WAIT_MS)
+    answers = page.locator(DEMO_ANSWERS)
+    expect(answers.last).to_contain_text("w3 ", timeout=WAIT_MS)
     resumed_from = len(requests)
     page.reload()
     expect(page.locator("#status")).to_have_text("Done.", timeout=WAIT_MS)
-    expect(answer).to_have_text([WHOLE])
-    expect(page.locator("#conversation li")).to_have_count(2)  # question, answer
+    expect(answers).to_have_text(["Paris.", WHOLE])
+    expect(page.locator("#conversation li")).to_have_count(4)  # 2 questions, answers
     assert_shown_once(page)
     resumed = [r for r in requests[resumed_from:] if "ompletion" in r.url]
     assert len(resumed) == 1, [r.url for r in resumed]
     if mode == "fetch":
         assert resumed[0].headers["last-event-id"].rpartition(".")[2].isdigit()
+        assert script.wait_for_request().json["messages"][:2] == [
+            {"role": "user", "content": f"Capital of France? {first.marker}"},
+            {"role": "assistant", "content": "Paris."},
+        ]
     else:
         assert "lastEventId=" in resumed[0].url
     assert len(script.requests) == 1
+    assert len(first.requests) == 1
     assert_clean(watched)
 
 
@@ -226,23 +239,31 @@ def test_use_chat_shows_the_whole_answer_once_after_a_reload_mid_answer(
     kind: ServerKind,
 ) -> None:
     server = resumable[kind.name]
-    watched, requests = open_page(browser, server, "/use-chat", USE_CHAT_ANSWERS)
+    watched, requests = open_page(browser, server, "/use-chat", USE_CHAT_LAST_ANSWER)
     page = watched.page
+    # The second request repeats the first's marker: its own script comes first.
     script = upstream.script(*slow_answer())
+    first = upstream.script(Text("Paris."), Finish("stop"), Done())
+    ask_use_chat(page, f"Capital of France? {first.marker}")
+    answers = page.locator(USE_CHAT_ANSWERS)
+    expect(answers).to_have_text(["Paris."], timeout=WAIT_MS)
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
     ask_use_chat(page, f"Count slowly {script.marker}")
-    answer = page.locator(USE_CHAT_ANSWERS)
-    expect(answer).to_contain_text("w3 ", timeout=WAIT_MS)
+    expect(answers.last).to_contain_text("w3 ", timeout=WAIT_MS)
     resumed_from = len(requests)
     page.reload()
-    expect(answer).to_have_text([WHOLE], timeout=WAIT_MS)
+    expect(answers).to_have_text(["Paris.", WHOLE], timeout=WAIT_MS)
     expect(page.get_by_role("button", name="Stop")).to_have_count(0)
-    question = page.get_by_test_id("message-user").get_by_test_id("text")
-    expect(question).to_have_text([f"Count slowly {script.marker}"])
-    expect(page.get_by_test_id("meta")).to_have_text("finish: stop")
+    questions = page.get_by_test_id("message-user").get_by_test_id("text")
+    expect(questions).to_have_text(
+        [f"Capital of France? {first.marker}", f"Count slowly {script.marker}"]
+    )
+    expect(page.get_by_test_id("meta")).to_have_text(["finish: stop"] * 2)
     assert_shown_once(page)
     resumed = [r.url for r in requests[resumed_from:] if "/api/chat" in r.url]
     assert len(resumed) == 1 and resumed[0].endswith("/stream"), resumed
     assert len(script.requests) == 1
+    assert len(first.requests) == 1
     assert_clean(watched)
 
 
