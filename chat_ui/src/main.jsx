@@ -31,6 +31,27 @@ function save(messages) {
   }
 }
 
+// While an answer streams, `save()` runs at once, then at most every quarter second:
+// each save writes every message. An answer saved short does no harm: a reload
+// replays the answer in flight from its start.
+const SAVE_EVERY_MS = 250;
+let saveTimer = null, saveDue = false;
+
+function saveOften(messages) {
+  saved.messages = messages;
+  if (saveTimer) {
+    saveDue = true;
+    return;
+  }
+  save(messages);
+  saveTimer = setTimeout(() => {
+    saveTimer = null;
+    if (!saveDue) return;
+    saveDue = false;
+    saveOften(saved.messages);
+  }, SAVE_EVERY_MS);
+}
+
 /** fetch, noting the answer's X-Stream-Id: closing a resumable answer's connection
  * does not stop it, so Stop has to name it to the server. */
 async function fetchNotingTheStream(url, init) {
@@ -182,7 +203,7 @@ function App() {
   useEffect(() => {
     end.current?.scrollIntoView({ block: "end" });
   }, [messages, error]);
-  useEffect(() => save(messages), [messages]);
+  useEffect(() => saveOften(messages), [messages]);
   const busy = status === "submitted" || status === "streaming";
 
   /** Stop the answer; a resumable one runs on without a reader (until the server

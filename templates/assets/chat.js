@@ -419,6 +419,26 @@ function save() {
   }
 }
 
+// While an answer streams, `save()` runs at once, then at most every quarter second:
+// each save writes the whole conversation. A reload resumes after the last event
+// saved; the server sends the ones after it again.
+const SAVE_EVERY_MS = 250;
+let saveTimer = null, saveDue = false;
+
+function saveOften() {
+  if (saveTimer) {
+    saveDue = true;
+    return;
+  }
+  save();
+  saveTimer = setTimeout(() => {
+    saveTimer = null;
+    if (!saveDue) return;
+    saveDue = false;
+    saveOften();
+  }, SAVE_EVERY_MS);
+}
+
 /** After a reload: the kept turns again, and the answer that was streaming resumed. */
 function restore() {
   const kept = JSON.parse(sessionStorage.getItem(SAVED) ?? "[]");
@@ -486,7 +506,7 @@ async function answerTurn(turn) {
       turn.answer ??= id.replace(/\.\d+$/, ""); // EventSource shows no header
       turn.lastEventId = id;
       resumable = true;
-      save();
+      saveOften();
     },
   };
   for (const [callback, deliver] of Object.entries(draw)) {
