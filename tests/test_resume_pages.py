@@ -8,8 +8,9 @@ resumable answer, so Stop must also say ``DELETE /streams/ANSWER``: the upstream
 then closed within a second, where the server alone would give the answer up only
 after ``STREAM_RESUME_ABANDON_SECONDS``.
 
-Both apps run under gunicorn+gevent against the fake upstream; each test drives one
-page mode on one app, so that every mode and both apps are covered once.
+Both apps run under gunicorn+gevent (``resumable-redis``: an unread answer is given
+up after 2 s) against the fake upstream; each test drives one page mode on one app,
+so that every mode and both apps are covered once.
 """
 
 from __future__ import annotations
@@ -35,14 +36,6 @@ from tests.fake_upstream import (
 from tests.servers import DJANGO_GUNICORN, FLASK_GUNICORN, Server, ServerKind
 
 WAIT_MS = 10_000  # for anything the page should show
-# A server that gives up an unread answer after 2 s: Stop's DELETE, not that, must
-# be what closes the upstream within a second.
-RESUMABLE = {
-    "STREAM_RESUMABLE": "1",
-    "STREAM_RESUME_ABANDON_SECONDS": "2",
-    "STREAM_RESUME_TTL_SECONDS": "3",
-    "WEB_CONCURRENCY": "1",  # the answers live in the one worker's memory
-}
 WORDS = [f"w{index} " for index in range(30)]
 WHOLE = "".join(WORDS)
 # Every text the last answer showed, from the page's first script on: a part shown
@@ -78,22 +71,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def resumable(
-    pool: ServerPool, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Server]]:
-    """Both apps under gunicorn+gevent, resumable in memory (one worker)."""
-    env = {**pool.env("plain"), **RESUMABLE}
-    logs = tmp_path_factory.mktemp("resumable-logs")
-    servers: dict[str, Server] = {}
-    try:
-        for kind in (FLASK_GUNICORN, DJANGO_GUNICORN):
-            servers[kind.name] = Server(kind, env, logs / f"{kind.name}.log").start()
-        yield servers
-    finally:
-        for server in servers.values():
-            server.begin_stopping()
-        for server in servers.values():
-            server.stop()
+def resumable(pool: ServerPool) -> dict[str, Server]:
+    """Both apps under gunicorn+gevent, their answers' logs in the session's Redis."""
+    kinds = (FLASK_GUNICORN, DJANGO_GUNICORN)
+    return {kind.name: pool.get(kind, "resumable-redis") for kind in kinds}
 
 
 def open_page(
