@@ -98,7 +98,7 @@ LONG_KEEPALIVE = {
 # The configurations "resumable" (each process's memory), "resumable-redis" (one
 # Redis for every server in it) and "resumable-guarded" (memory, and the token):
 # answers that outlive their connection, abandoned and expired in seconds.
-RESUME_ABANDON_SECONDS = 2
+RESUME_ABANDON_SECONDS = 4  # longer than a page reload on a busy machine
 RESUME_TTL_SECONDS = 3
 RESUMABLE_KEEPALIVE_SECONDS = 0.2
 RESUMABLE = {
