@@ -93,7 +93,6 @@ def post_worker_init(worker: Any) -> None:
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)  # gunicorn's own: stop accepting, then wait
-        gevent.spawn(_end_resumable_answers)
         gevent.spawn(_end_streams_in_time, float(worker.cfg.graceful_timeout))
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -108,13 +107,17 @@ def _end_streams_in_time(graceful_timeout: float) -> None:
         gevent.sleep(0.25)
 
 
-def _end_resumable_answers() -> None:
-    """Resumable answers (``STREAM_RESUMABLE=1``) run in no request, so nothing
-    waits for them: each ends now, its log with a ``server_shutdown`` error event
-    that its readers read, wherever they are."""
+def worker_exit(server: Any, worker: Any) -> None:
+    """Let a stopping worker's resumable answers (``STREAM_RESUMABLE=1``) finish.
+
+    They run in no request, so gunicorn waits for none of them: the worker would
+    exit with them half done. Here it waits until each has ended, on its own or
+    ended by ``_end_streams_in_time`` shortly before ``graceful_timeout``, its log
+    then ending with ``server_shutdown`` for its readers, wherever they are.
+    """
     resumable = sys.modules.get("shared.resumable")
     if resumable is not None:
-        resumable.end_resumable_answers()
+        resumable.wait_for_answers(float(worker.cfg.graceful_timeout))
 
 
 def _streaming_modules() -> list[ModuleType]:

@@ -123,12 +123,21 @@ def refuse_too_many_fields(application: Any, limit: int | None) -> Any:
     return guarded
 
 
+# What a listed origin's page may send: a JSON body, a token, and where to resume.
+ALLOWED_REQUEST_HEADERS = "Content-Type, Authorization, Last-Event-ID"
+
+
 def cors_headers(headers: Headers, cors_origins: Collection[str]) -> dict[str, str]:
     """CORS headers for a listed origin; none at all when nothing is listed."""
     origin = headers.get("Origin")
     if origin is None or origin not in cors_origins:
         return {}
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        # A resumable answer's id, which the page needs to resume or stop it.
+        "Access-Control-Expose-Headers": "X-Stream-Id",
+    }
 
 
 def preflight_headers(
@@ -140,7 +149,7 @@ def preflight_headers(
     if cors and headers.get("Access-Control-Request-Method"):
         reply |= cors | {
             "Access-Control-Allow-Methods": ", ".join(allowed),
-            "Access-Control-Allow-Headers": "Content-Type, Authorization",
+            "Access-Control-Allow-Headers": ALLOWED_REQUEST_HEADERS,
             "Access-Control-Max-Age": str(PREFLIGHT_MAX_AGE_SECONDS),
         }
     return reply

@@ -49,10 +49,9 @@ EVENT_ID = re.compile(r"([A-Za-z0-9_-]{22,64})\.(0|[1-9][0-9]{0,8})")
 _KEEPALIVE = b": keep-alive\n\n"
 KEEPER_SECONDS = 0.5  # stop, abandon and loss are seen within this (and a read)
 HEARTBEAT_MS = 3000  # a producer unseen this long is lost
-_READ_WAIT_SECONDS = 1.0  # a reader looks at its client at least this often
+_READ_WAIT_SECONDS = 0.5  # a reader looks at its client at least this often
 _MIRROR_IDLE_SECONDS = 5.0  # a followed log nobody here reads is let go after this
-_SHUTDOWN_WRITE_SECONDS = 2.0  # for producers ended at shutdown to log their end
-_READ_MARK_MS = int(2 * KEEPER_SECONDS * 1000)  # "read elsewhere", until the next round
+_READ_MARK_MS = 3600 * 1000  # when another process last read an answer
 _RUNNING_TTL_MS = 24 * 3600 * 1000  # a running answer's keys, should it never end
 STOPPED = "stopped"
 LOST = "stream_lost"
@@ -116,6 +115,7 @@ class _Answer:
         self.ended_at: float | None = None
         self.readers = 0
         self.last_read = time.monotonic()
+        self.last_read_wall = time.time()  # for other processes: theirs is not ours
         self._changed = threading.Condition()
 
     def add(self, frames: list[bytes], *, ended: bool = False) -> None:
@@ -140,7 +140,7 @@ class _Answer:
     def leave(self) -> None:
         with self._changed:
             self.readers -= 1
-            self.last_read = time.monotonic()
+            self.last_read, self.last_read_wall = time.monotonic(), time.time()
 
     def reading(self) -> bool:
         return self.readers > 0
@@ -236,6 +236,16 @@ return first
 """
 
 
+# When an answer was last read, by any process: the latest time wins.
+# KEYS: the mark; ARGV: a Unix time, how long the mark lasts in ms.
+_MARK_READ = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > last then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+"""
+
+
 class RedisStore:
     """Logs in Redis Streams, shared by every worker and machine: a stream per
     answer (an entry per batch of events), and small keys beside it: its
@@ -252,6 +262,7 @@ class RedisStore:
         # Any: redis-py types every command as possibly awaitable.
         self.redis: Any = redis.Redis(connection_pool=pool)
         self._append: Any = self.redis.register_script(_APPEND)
+        self._mark_read: Any = self.redis.register_script(_MARK_READ)
         self.local: dict[str, _Answer] = {}  # produced here
         self.mirrors: dict[str, _Answer] = {}  # produced elsewhere, read here
         self._tail = _Tail(url, self)
@@ -302,6 +313,9 @@ class RedisStore:
     def find(self, answer_id: str) -> _Answer | None:
         with self._lock:
             found = self.local.get(answer_id) or self.mirrors.get(answer_id)
+            if found is not None and found.ended and not self._kept(answer_id):
+                self.mirrors.pop(answer_id, None)
+                return None  # expired in Redis: this copy is too
             if found is not None:
                 return found
             meta = self.redis.hgetall(self.key(answer_id, "meta"))
@@ -318,6 +332,9 @@ class RedisStore:
             self._tail.follow(self.key(answer_id, "log"), last, mirror)
         return mirror
 
+    def _kept(self, answer_id: str) -> bool:
+        return bool(self.redis.exists(self.key(answer_id, "log")))
+
     def active(self, chat_id: str) -> str | None:
         value = self.redis.get(f"chat:{chat_id}:answer")
         return value.decode() if value else None
@@ -329,30 +346,31 @@ class RedisStore:
         return True
 
     def keep(self, producers: Mapping[str, _Producer]) -> None:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         mirrors = list(self.mirrors.values())
         pipe = self.redis.pipeline()
         for answer_id in producers:
             pipe.set(self.key(answer_id, "alive"), "1", px=HEARTBEAT_MS)
             pipe.get(self.key(answer_id, "stop"))
-            pipe.exists(self.key(answer_id, "read"))
+            pipe.get(self.key(answer_id, "read"))
         for mirror in mirrors:
-            if mirror.reading():
-                pipe.set(
-                    self.key(mirror.id, "read"), "1", px=int(2 * KEEPER_SECONDS * 1000)
-                )
+            last_read = wall if mirror.reading() else mirror.last_read_wall
+            self._mark_read(
+                keys=[self.key(mirror.id, "read")],
+                args=[last_read, _READ_MARK_MS],
+                client=pipe,
+            )
             pipe.exists(self.key(mirror.id, "alive"))
         results = iter(pipe.execute())
         for producer in producers.values():
             _, stop, read_elsewhere = next(results), next(results), next(results)
-            if read_elsewhere:
-                producer.answer.last_read = now
+            if read_elsewhere:  # a Unix time: how long ago, in this process's clock
+                elsewhere = now - (wall - float(read_elsewhere))
+                producer.answer.last_read = max(producer.answer.last_read, elsewhere)
             if stop:
                 producer.stop(StreamError(409, "The answer was stopped.", STOPPED))
         for mirror in mirrors:
-            if mirror.reading():
-                next(results)
-            alive = next(results)
+            _, alive = next(results), next(results)
             if not alive and not mirror.ended:
                 self._lose(mirror)
             if not mirror.reading() and now - mirror.last_read > _MIRROR_IDLE_SECONDS:
@@ -468,26 +486,26 @@ class _Producer:
         self.body.end(error)
 
 
-# Every app's answers in this process: end_resumable_answers() ends their producers.
+# Every app's answers in this process: wait_for_answers() waits for their producers.
 _all_answers: weakref.WeakSet[Answers] = weakref.WeakSet()
 
 
-def end_resumable_answers(
-    message: str = "The server is shutting down: ask again.",
-    type: str = "server_shutdown",
-) -> int:
-    """End every answer this process produces, now: each log ends with an error
-    event that its readers, here or on another machine, read; how many there were.
+def wait_for_answers(timeout: float) -> int:
+    """Wait up to ``timeout`` for the answers this process produces to end; how
+    many were running.
 
-    For a shutdown (``gunicorn.conf.py`` calls it on SIGTERM): a producer is no
-    request, so nothing waits for it, and a log that just stopped would leave its
-    readers waiting for ``stream_lost``.
+    For a worker that stops (``gunicorn.conf.py``'s ``worker_exit``): a producer
+    is no request, so nothing else waits for it, and a log that just stopped would
+    leave its readers waiting for ``stream_lost``.
     """
     producers = [
-        p for answers in list(_all_answers) for p in answers.producers.values()
+        producer
+        for answers in list(_all_answers)
+        for producer in list(answers.producers.values())
     ]
+    deadline = time.monotonic() + timeout
     for producer in producers:
-        producer.stop(StreamError(503, message, type))
+        producer.thread.join(max(0.0, deadline - time.monotonic()))
     return len(producers)
 
 

@@ -22,6 +22,7 @@ from tests.servers import (
     ALL_KINDS,
     DJANGO_GUNICORN,
     FLASK_GUNICORN,
+    RedisServer,
     Server,
     ServerKind,
     free_port,
@@ -94,6 +95,20 @@ LONG_KEEPALIVE = {
     "STREAM_KEEPALIVE_SECONDS": str(LONG_KEEPALIVE_SECONDS),
     "STREAM_UPSTREAM_TIMEOUT_SECONDS": "10",
 }
+# The configurations "resumable" (each process's memory), "resumable-redis" (one
+# Redis for every server in it) and "resumable-guarded" (memory, and the token):
+# answers that outlive their connection, abandoned and expired in seconds.
+RESUME_ABANDON_SECONDS = 4  # longer than a page reload on a busy machine
+RESUME_TTL_SECONDS = 3
+RESUMABLE_KEEPALIVE_SECONDS = 0.2
+RESUMABLE = {
+    "STREAM_RESUMABLE": "1",
+    "STREAM_RESUME_ABANDON_SECONDS": str(RESUME_ABANDON_SECONDS),
+    "STREAM_RESUME_TTL_SECONDS": str(RESUME_TTL_SECONDS),
+    "STREAM_KEEPALIVE_SECONDS": str(RESUMABLE_KEEPALIVE_SECONDS),
+}
+# Answer logs in a database of their own: the rate limit's tests count keys in 0.
+RESUMABLE_REDIS_DB = 1
 
 
 class ServerPool:
@@ -106,6 +121,7 @@ class ServerPool:
         self._proxy = proxy
         self._log_dir = log_dir
         self._servers: dict[tuple[str, str], Server] = {}
+        self._redis: RedisServer | None = None
 
     def get(self, kind: ServerKind, config: str = "plain") -> Server:
         key = (kind.name, config)
@@ -114,6 +130,12 @@ class ServerPool:
             log = self._log_dir / f"{kind.name}-{config}.log"
             self._servers[key] = Server(kind, env, log).start()
         return self._servers[key]
+
+    def redis_url(self, db: int = 0) -> str:
+        """The session's one Redis, started on first use, stopped after the servers."""
+        if self._redis is None:
+            self._redis = RedisServer(self._log_dir / "redis").start()
+        return self._redis.url(db)
 
     def env(self, config: str) -> dict[str, str]:
         """The environment of a server in ``config`` (see ``get``)."""
@@ -150,6 +172,12 @@ class ServerPool:
             env["OPENAI_CHAT_API"] = "responses"
         if config.startswith("identified"):
             env.update(IDENTIFIED)
+        if config.startswith("resumable"):
+            env.update(RESUMABLE)
+        if config == "resumable-redis":
+            env["REDIS_URL"] = self.redis_url(RESUMABLE_REDIS_DB)
+        if config == "resumable-guarded":
+            env["STREAM_AUTH_TOKEN"] = ACCESS_TOKEN
         if config == "no-retries":
             env["STREAM_UPSTREAM_MAX_RETRIES"] = "0"
         if config.endswith("proxied"):  # "proxied" and "tls-proxied"
@@ -187,6 +215,8 @@ class ServerPool:
         for server in self._servers.values():
             if server.process is not None:
                 wait_or_kill(server.process)
+        if self._redis is not None:
+            self._redis.stop()
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +252,12 @@ def pool(
     )
     yield pool
     pool.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(pool: ServerPool) -> str:
+    """A real Redis on 127.0.0.1, one for the whole session, stopped by its PID."""
+    return pool.redis_url()
 
 
 SERVER_PARAMS = [

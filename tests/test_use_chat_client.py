@@ -103,7 +103,14 @@ def scripted_scenarios(
         "broken-stream": upstream.script(
             Text("partial"), Sleep(0.2), ErrorEvent("The model crashed"), Done()
         ),
-        "rate-limited": upstream.rate_limited(),
+        # Not retried by the server's SDK (x-should-retry): one quick request, so
+        # that its 429 comes before the first keep-alive (0.2 s here) even on a
+        # busy machine; the retries have tests of their own.
+        "rate-limited": upstream.script(
+            status=429,
+            headers={"Retry-After": "7", "x-should-retry": "false"},
+            body={"error": {"message": "Rate limit reached", "type": "requests"}},
+        ),
         "file": upstream.script(Text("never asked")),
         "regenerate": upstream.script(
             Text("First answer."),

@@ -1,13 +1,71 @@
 // The AI SDK's useChat against this project's POST /api/chat, as an app would use it.
 // Model output is only ever rendered as React text children, never as HTML.
+//
+// When the server streams resumably (STREAM_RESUMABLE=1: its answers say
+// X-Stream-Id), the chat is kept in sessionStorage, and a reload mid-answer resumes
+// it: useChat's `resume` asks GET /api/chat/<chat id>/stream for the answer in flight,
+// which the server replays from its start, so the model runs once.
 import "./zod-jitless.js";
 import { useChat } from "@ai-sdk/react";
-import { DefaultChatTransport, getToolName, isToolUIPart } from "ai";
+import { DefaultChatTransport, generateId, getToolName, isToolUIPart } from "ai";
 import { StrictMode, useEffect, useRef, useState } from "react";
 import { createRoot } from "react-dom/client";
 import "./app.css";
 
-const transport = new DefaultChatTransport({ api: "/api/chat" });
+const SAVED = "use-chat.saved"; // the sessionStorage key of `saved`
+// This tab's chat: its id (useChat's, sent as the body's `id`), its messages, and
+// the X-Stream-Id of its answer in flight (for Stop; null when none is). Kept only
+// once the server has said X-Stream-Id: with any other server, the page is as if
+// it kept nothing.
+const stored = sessionStorage.getItem(SAVED);
+const saved = stored ? JSON.parse(stored) : { id: generateId(), messages: [], streamId: null };
+let resumable = stored !== null;
+
+function save(messages) {
+  saved.messages = messages;
+  if (!resumable) return;
+  try {
+    sessionStorage.setItem(SAVED, JSON.stringify(saved));
+  } catch { // storage full or turned off: a reload then starts a new chat
+    sessionStorage.removeItem(SAVED);
+  }
+}
+
+// While an answer streams, `save()` runs at once, then at most every quarter second:
+// each save writes every message. An answer saved short does no harm: a reload
+// replays the answer in flight from its start.
+const SAVE_EVERY_MS = 250;
+let saveTimer = null, saveDue = false;
+
+function saveOften(messages) {
+  saved.messages = messages;
+  if (saveTimer) {
+    saveDue = true;
+    return;
+  }
+  save(messages);
+  saveTimer = setTimeout(() => {
+    saveTimer = null;
+    if (!saveDue) return;
+    saveDue = false;
+    saveOften(saved.messages);
+  }, SAVE_EVERY_MS);
+}
+
+/** fetch, noting the answer's X-Stream-Id: closing a resumable answer's connection
+ * does not stop it, so Stop has to name it to the server. */
+async function fetchNotingTheStream(url, init) {
+  const response = await fetch(url, init);
+  const streamId = response.headers.get("X-Stream-Id");
+  if (streamId !== null) {
+    saved.streamId = streamId;
+    resumable = true;
+    save(saved.messages); // a reload from now on resumes this answer
+  }
+  return response;
+}
+
+const transport = new DefaultChatTransport({ api: "/api/chat", fetch: fetchNotingTheStream });
 
 const TOOL_STATES = {
   "input-streaming": "receiving input…",
@@ -131,14 +189,32 @@ function App() {
   const [input, setInput] = useState("");
   const [stoppedId, setStoppedId] = useState(null);
   const { messages, sendMessage, regenerate, stop, status, error } = useChat({
+    id: saved.id,
+    messages: saved.messages,
+    resume: stored !== null, // after a reload: the answer in flight, if one is
     transport,
-    onFinish: ({ message, isAbort }) => setStoppedId(isAbort ? message.id : null),
+    onFinish: ({ message, messages, isAbort }) => {
+      setStoppedId(isAbort ? message.id : null);
+      saved.streamId = null;
+      save(messages);
+    },
   });
   const end = useRef(null);
   useEffect(() => {
     end.current?.scrollIntoView({ block: "end" });
   }, [messages, error]);
+  useEffect(() => saveOften(messages), [messages]);
   const busy = status === "submitted" || status === "streaming";
+
+  /** Stop the answer; a resumable one runs on without a reader (until the server
+   * gives it up), so ask the server to stop it too. */
+  function halt() {
+    if (saved.streamId !== null) {
+      const url = `/streams/${encodeURIComponent(saved.streamId)}`;
+      fetch(url, { method: "DELETE", keepalive: true }).catch(() => {}); // else given up
+    }
+    stop();
+  }
 
   function send(event) {
     event.preventDefault();
@@ -198,7 +274,7 @@ function App() {
               Send
             </button>
             {busy && (
-              <button type="button" onClick={() => stop()}>
+              <button type="button" onClick={halt}>
                 Stop
               </button>
             )}

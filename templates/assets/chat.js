@@ -4,6 +4,12 @@
 // callbacks of an `out` object (`text`, `reasoning`, `refusal`, `toolCall`,
 // `toolResult`, `finish`, `usage`), and the page draws them.
 //
+// A server with `STREAM_RESUMABLE=1` keeps each answer running when the page goes
+// away: its response says `X-Stream-Id: ANSWER` and each event has an `id:` line
+// `ANSWER.N`. The SSE readers then also tell `out.stream(answer)` and, after each
+// event, `out.seen(id)`; given the last id seen, they resume after it instead of
+// asking again, so a reload mid-answer runs (and bills) the model once.
+//
 // Model and tool output only ever reach the page as text (`append`, `textContent`),
 // never through `innerHTML`: a model can be made to write <img onerror=...>, and a
 // tool can return whatever a web page or a file said.
@@ -25,28 +31,37 @@ const NAMED_EVENTS = new Map([
 
 // ---- Reader 1: fetch + an SSE parser. Works with POST and a JSON body. ----------
 
-/** POST the conversation; text, thinking, tool calls, endings and usage go to `out`. */
-async function streamWithFetch(messages, out, signal) {
+/** POST the conversation; text, thinking, tool calls, endings and usage go to `out`.
+ * With `lastEventId` (a resumable answer's `ANSWER.N`), get only what came after it. */
+async function streamWithFetch(messages, out, signal, lastEventId) {
+  const headers = { "Content-Type": "application/json" };
+  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
   const response = await fetch("completions/chat", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers,
     body: JSON.stringify({ messages }),
-    signal, // abort() closes the connection; the server then cancels the upstream
+    signal, // abort() closes the connection: the server cancels the upstream (unless
+    // it streams resumably: then the page's Stop asks it to, DELETE /streams/ANSWER)
   });
+  if (lastEventId && response.status === 204) return; // that was the answer's last event
   await failUnlessOk(response);
+  const answer = response.headers.get("X-Stream-Id");
+  if (answer) out.stream(answer);
   for await (const event of sseEvents(response.body)) {
     if (event.type === "error") throw new StreamFailed(JSON.parse(event.data).message);
     if (event.type !== "message") NAMED_EVENTS.get(event.type)?.(out, event.data);
-    else if (event.data === "[DONE]") return;
-    else out.text(event.data);
+    else if (event.data !== "[DONE]") out.text(event.data);
+    if (event.id) out.seen(event.id);
+    if (event.data === "[DONE]") return;
   }
   throw new StreamFailed("The stream ended without [DONE]: the answer may be cut short.");
 }
 
-/** Parse a Server-Sent Events body into `{type, data}` events, as EventSource does. */
+/** Parse a Server-Sent Events body into `{type, data, id}` events, as EventSource
+ * does: `id` is the last `id:` line so far, as EventSource's `lastEventId`. */
 async function* sseEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "", type = "message", data = [];
+  let buffer = "", type = "message", data = [], id = "";
   try {
     for (;;) {
       const { value, done } = await reader.read();
@@ -56,7 +71,7 @@ async function* sseEvents(body) {
       buffer = lines.pop();
       for (const line of lines) {
         if (line === "") { // a blank line ends the event
-          if (data.length) yield { type, data: data.join("\n") };
+          if (data.length) yield { type, data: data.join("\n"), id };
           type = "message";
           data = [];
         } else if (!line.startsWith(":")) { // ":" starts a comment (keep-alive)
@@ -65,6 +80,7 @@ async function* sseEvents(body) {
           const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
           if (field === "data") data.push(value);
           else if (field === "event") type = value;
+          else if (field === "id" && !value.includes("\0")) id = value;
         }
       }
     }
@@ -86,9 +102,11 @@ async function failUnlessOk(response) {
 
 // ---- Reader 2: EventSource. GET only, so it sends the last message alone. --------
 
-function streamWithEventSource(messages, out, signal) {
+function streamWithEventSource(messages, out, signal, lastEventId) {
   const prompt = messages[messages.length - 1].content;
-  const source = new EventSource("completionChat?" + new URLSearchParams({ prompt }));
+  const query = new URLSearchParams(lastEventId ? { prompt, lastEventId } : { prompt });
+  const source = new EventSource("completionChat?" + query);
+  let reconnectResumes = false; // its events have ids: a reconnect runs nothing again
   return new Promise((resolve, reject) => {
     // Close on every way out: an EventSource left open reconnects when the body
     // ends, and that would run (and bill) the whole completion again.
@@ -99,17 +117,29 @@ function streamWithEventSource(messages, out, signal) {
     };
     const onAbort = () => finish(reject, signal.reason);
     signal.addEventListener("abort", onAbort);
-    source.onmessage = (e) => (e.data === "[DONE]" ? finish(resolve) : out.text(e.data));
+    const seen = (e) => {
+      if (!e.lastEventId) return;
+      reconnectResumes = true;
+      out.seen(e.lastEventId);
+    };
+    source.onmessage = (e) => {
+      if (e.data !== "[DONE]") out.text(e.data);
+      seen(e);
+      if (e.data === "[DONE]") finish(resolve);
+    };
     for (const [name, deliver] of NAMED_EVENTS) {
       source.addEventListener(name, (e) => {
         try {
           deliver(out, e.data);
+          seen(e);
         } catch (err) { // bad JSON: a listener's exception would only reach the console
           finish(reject, err);
         }
       });
     }
     source.addEventListener("error", (e) => {
+      // A dropped resumable stream: EventSource reconnects with Last-Event-ID itself.
+      if (!e.data && reconnectResumes && source.readyState === EventSource.CONNECTING) return;
       // The server's `event: error` has data; a failed connection has none, and
       // EventSource hides its HTTP status and body.
       const message = e.data
@@ -152,8 +182,19 @@ const READERS = { fetch: streamWithFetch, eventsource: streamWithEventSource, te
 // ---- The page: conversation, stats, buttons. -------------------------------------
 
 const $ = (id) => document.getElementById(id);
-const history = []; // the conversation so far, sent as `messages`
-let stopper = null; // the AbortController of the answer in flight
+// Every question and its answer: `{mode, prompt, tape, answer, lastEventId, reply,
+// ending}`. The tape is what the reader handed to `out`, as `[callback, value]`
+// pairs, to draw the answer again after a reload; `ending` is null while it streams.
+const turns = [];
+let live = null; // the answer in flight: `{turn, stopper}` (an AbortController)
+// The server streams resumably (it said X-Stream-Id): the turns are kept for a reload.
+let resumable = false;
+const SAVED = "streaming-completions.turns"; // their sessionStorage key
+// The page is going away: its streams fail now (EventSource's even before
+// "pagehide"), and that is no part of the conversation to resume.
+let leaving = false;
+addEventListener("beforeunload", () => { leaving = true; });
+addEventListener("pageshow", () => { leaving = false; }); // back from the cache
 
 /** A new element; `text` goes in as a text node, never parsed as HTML. */
 function element(tag, className, text = "") {
@@ -340,15 +381,98 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
-async function send(prompt) {
-  const mode = document.querySelector("input[name=mode]:checked").value;
-  history.push({ role: "user", content: prompt });
+/** The conversation before `turn`, then its question: the `messages` it sends. What
+ * the user saw of an answer, stopped or whole, is what the model sees next; a failed
+ * turn is left out, question and all. */
+function messagesFor(turn) {
+  const messages = [];
+  for (const earlier of turns.slice(0, turns.indexOf(turn))) {
+    if (!earlier.reply) continue;
+    messages.push({ role: "user", content: earlier.prompt });
+    messages.push({ role: "assistant", content: earlier.reply });
+  }
+  messages.push({ role: "user", content: turn.prompt });
+  return messages;
+}
+
+function showQuestion(prompt) {
   const question = addMessage("user");
   question.meta.before(element("div", "text", prompt));
+}
+
+// The `out` callbacks that draw, hence the ones a tape holds.
+const DRAWN = new Set(["text", "reasoning", "refusal", "toolCall", "toolResult", "finish"]);
+
+function replay(answer, tape) {
+  for (const [callback, value] of tape) if (DRAWN.has(callback)) answer[callback](value);
+}
+
+/** Keep the conversation for a reload, once the server is known to be resumable:
+ * the turns that ended, and the one streaming once it has an event to resume after. */
+function save() {
+  if (!resumable || leaving) return;
+  const kept = turns.filter((turn) => turn.ending || turn.lastEventId);
+  try {
+    sessionStorage.setItem(SAVED, JSON.stringify(kept));
+  } catch { // storage full or turned off: a reload then starts a new chat
+    sessionStorage.removeItem(SAVED);
+  }
+}
+
+// While an answer streams, `save()` runs at once, then at most every quarter second:
+// each save writes the whole conversation. A reload resumes after the last event
+// saved; the server sends the ones after it again.
+const SAVE_EVERY_MS = 250;
+let saveTimer = null, saveDue = false;
+
+function saveOften() {
+  if (saveTimer) {
+    saveDue = true;
+    return;
+  }
+  save();
+  saveTimer = setTimeout(() => {
+    saveTimer = null;
+    if (!saveDue) return;
+    saveDue = false;
+    saveOften();
+  }, SAVE_EVERY_MS);
+}
+
+/** After a reload: the kept turns again, and the answer that was streaming resumed. */
+function restore() {
+  const kept = JSON.parse(sessionStorage.getItem(SAVED) ?? "[]");
+  resumable = kept.length > 0;
+  for (const turn of kept) {
+    turns.push(turn);
+    showQuestion(turn.prompt);
+    if (!turn.ending) {
+      answerTurn(turn);
+      continue;
+    }
+    const answer = new AnswerView();
+    replay(answer, turn.tape);
+    answer.end();
+    answer.meta.textContent = turn.ending.meta;
+    answer.item.classList.toggle("failed", turn.ending.failed);
+  }
+}
+
+function send(prompt) {
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  const turn = { mode, prompt, tape: [], answer: null, lastEventId: null, reply: "", ending: null };
+  turns.push(turn);
+  showQuestion(prompt);
+  answerTurn(turn);
+}
+
+/** Stream the answer of `turn`, or, if it has an event id, resume it after that one. */
+async function answerTurn(turn) {
   const answer = new AnswerView();
+  replay(answer, turn.tape); // what came before a reload
   answer.item.setAttribute("aria-busy", "true"); // announce the answer once, whole
   // Raw text arrives in network reads, not tokens: count those instead.
-  const unit = mode === "text" ? "chunks" : "tokens";
+  const unit = turn.mode === "text" ? "chunks" : "tokens";
   const started = performance.now();
   let firstAt = null, pieces = 0, usage = null;
   const showStats = () => {
@@ -361,7 +485,7 @@ async function send(prompt) {
     draw(delta);
     showStats();
   };
-  const out = {
+  const draw = {
     text: counted((delta) => answer.text(delta)),
     reasoning: counted((delta) => answer.reasoning(delta)),
     refusal: counted((delta) => answer.refusal(delta)),
@@ -373,14 +497,33 @@ async function send(prompt) {
       showStats();
     },
   };
+  const out = {
+    stream(id) {
+      turn.answer = id;
+      resumable = true;
+    },
+    seen(id) {
+      turn.answer ??= id.replace(/\.\d+$/, ""); // EventSource shows no header
+      turn.lastEventId = id;
+      resumable = true;
+      saveOften();
+    },
+  };
+  for (const [callback, deliver] of Object.entries(draw)) {
+    out[callback] = (value) => {
+      turn.tape.push([callback, value]);
+      deliver(value);
+    };
+  }
 
-  stopper = new AbortController();
+  live = { turn, stopper: new AbortController() };
   $("send").disabled = true;
   $("stop").disabled = false;
-  setStatus("Streaming…");
+  setStatus(turn.lastEventId ? "Resuming…" : "Streaming…");
   let failed = false;
   try {
-    await READERS[mode](history.slice(), out, stopper.signal);
+    const messages = messagesFor(turn);
+    await READERS[turn.mode](messages, out, live.stopper.signal, turn.lastEventId);
     setStatus("Done.");
   } catch (err) {
     if (err.name === "AbortError") {
@@ -393,19 +536,28 @@ async function send(prompt) {
       setStatus(message, true);
     }
   } finally {
-    stopper = null;
+    live = null;
     answer.end();
     if (firstAt === null && !failed) answer.meta.textContent = "";
     answer.item.removeAttribute("aria-busy");
     $("send").disabled = false;
     $("stop").disabled = true;
   }
-  if (!answer.item.isConnected) return; // "New chat" cleared it meanwhile
-  // What the user saw of an answer, stopped or whole, is what the model sees next;
-  // a failed turn is left out, question and all.
-  const reply = answer.reply;
-  if (reply && !failed) history.push({ role: "assistant", content: reply });
-  else history.pop();
+  turn.reply = failed ? "" : answer.reply;
+  turn.ending = { failed, meta: answer.meta.textContent };
+  save();
+}
+
+/** Stop the answer in flight. A resumable one runs on without a reader (until the
+ * server gives it up), so first ask the server to stop it, then close the stream. */
+function stopAnswer() {
+  if (!live) return;
+  const { answer } = live.turn;
+  if (answer) {
+    fetch("streams/" + encodeURIComponent(answer), { method: "DELETE", keepalive: true })
+      .catch(() => {}); // unreachable: the server stops it once nobody reads it
+  }
+  live.stopper.abort();
 }
 
 fetch("healthz")
@@ -421,7 +573,7 @@ fetch("healthz")
 $("ask").addEventListener("submit", (e) => {
   e.preventDefault();
   const prompt = $("prompt").value;
-  if (stopper || !prompt.trim()) return;
+  if (live || !prompt.trim()) return;
   $("prompt").value = "";
   send(prompt);
 });
@@ -434,11 +586,14 @@ $("prompt").addEventListener("keydown", (e) => {
   }
 });
 
-$("stop").addEventListener("click", () => stopper?.abort());
+$("stop").addEventListener("click", stopAnswer);
 
 $("clear").addEventListener("click", () => {
-  stopper?.abort();
-  history.length = 0;
+  stopAnswer();
+  turns.length = 0;
+  save();
   $("conversation").replaceChildren();
   setStatus("");
 });
+
+restore();
