@@ -102,5 +102,6 @@ $(EXPRESS)/node_modules: $(EXPRESS)/package.json
 		else npm install --no-audit --no-fund; fi
 	touch $@
 
-bench: $(STAMP) $(BENCH_STAMP) $(EXPRESS)/node_modules ## Compare CPU, latency, capacity and memory with other servers (BENCH_ARGS="--quick", "--phases capacity --targets flask-gevent --runs 1")
+# The -redis targets log resumable answers to a redis-server the bench starts itself.
+bench: $(STAMP) $(BENCH_STAMP) $(EXPRESS)/node_modules $(REDIS) ## Compare CPU, latency, capacity and memory with other servers, and resumable mode's costs (BENCH_ARGS="--quick", "--phases capacity --targets flask-gevent --runs 1")
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
