@@ -55,6 +55,7 @@ _READ_MARK_MS = 3600 * 1000  # when another process last read an answer
 _RUNNING_TTL_MS = 24 * 3600 * 1000  # a running answer's keys, should it never end
 STOPPED = "stopped"
 LOST = "stream_lost"
+SERVER_FAILED = ("The server failed; the failure is logged.", "server_error")
 # How each kind of answer is written: the SSE routes', and useChat's.
 ENCODINGS: dict[str, Callable[[], Any]] = {"sse": SseEncoder, "ui": UiMessageEncoder}
 HEADERS = {"sse": SSE_HEADERS, "ui": UI_MESSAGE_STREAM_HEADERS}
@@ -252,12 +253,12 @@ class RedisStore:
     producer's heartbeat, a stop request, whether anyone reads it, and the chat's
     answer in progress."""
 
-    def __init__(self, url: str, ttl_seconds: float, pool_size: int = 16) -> None:
+    def __init__(self, url: str, ttl_seconds: float, pool_size: int = 32) -> None:
         import redis
 
         self.ttl_ms = int(ttl_seconds * 1000)
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=5
+            url, max_connections=pool_size, timeout=10
         )
         # Any: redis-py types every command as possibly awaitable.
         self.redis: Any = redis.Redis(connection_pool=pool)
@@ -475,12 +476,22 @@ class _Producer:
                 if frames and not store.append(self.answer, frames, end=False):
                     return  # declared lost elsewhere: nobody reads on
             store.append(self.answer, [], end=True)
-        except Exception:
-            log.exception("Producing answer %s failed.", self.answer.id)
-            store.append(self.answer, [], end=True)
+        except Exception:  # the log failed (Redis down, its pool exhausted)
+            log.exception("Logging answer %s failed.", self.answer.id)
+            self._fail()
         finally:
             self.body.close()
             self.answers.producers.pop(self.answer.id, None)
+
+    def _fail(self) -> None:
+        """End the answer with an error: in its log if it can still be written, else
+        here, for this process's readers; elsewhere, its heartbeat stops."""
+        error = Error(*SERVER_FAILED)
+        frames = _frames(ENCODINGS[self.answer.encoding]().encode([error]))
+        try:
+            self.answers.store.append(self.answer, frames, end=True)
+        except Exception:
+            self.answer.add(frames, ended=True)
 
     def stop(self, error: StreamError) -> None:
         self.body.end(error)

@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 import pytest
 
+from shared.resumable import Answers, MemoryStore
+from shared.streaming import sse_frames
 from tests.client import error_of, parse_sse, texts
 from tests.conftest import (
     ACCESS_TOKEN,
@@ -871,3 +873,31 @@ def _worker_of(server: Server) -> int:
 def _parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rpartition(")")[2].split()[1])
+
+
+# --- In process --------------------------------------------------------------------
+
+
+class _FailingStore(MemoryStore):
+    """A log that fails after its first batch, as Redis does when it goes away."""
+
+    def __init__(self) -> None:
+        super().__init__(ttl_seconds=60)
+        self.batches = 0
+
+    def append(self, answer: Any, frames: list[bytes], *, end: bool) -> bool:
+        self.batches += 1
+        if self.batches > 1:
+            raise ConnectionError("Redis went away")
+        return super().append(answer, frames, end=end)
+
+
+def test_a_log_that_fails_still_ends_the_answer_for_its_readers() -> None:
+    """Whatever happens, a reader is not left waiting: the answer ends with an error
+    here (elsewhere its heartbeat stops, and readers get ``stream_lost``)."""
+    answers = Answers(_FailingStore(), abandon_seconds=60, keepalive_seconds=0.2)
+    body = sse_frames(iter([{"choices": [{"delta": {"content": w}}]} for w in "abc"]))
+    streamed = answers.start(body, encoding="sse")
+    received = b"".join(streamed.body)  # ends: no wait for an event that never comes
+    assert received.count(b"data: a") == 1
+    assert received.endswith(b'"type": "server_error"}\n\n'), received
