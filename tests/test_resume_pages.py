@@ -161,7 +161,8 @@ def test_demo_page_shows_the_whole_answer_once_after_a_reload_mid_answer(
     expect(page.locator("#status")).to_have_text("Done.", timeout=WAIT_MS)
     ask_demo(page, f"Count slowly {script.marker}", mode)
     answers = page.locator(DEMO_ANSWERS)
-    expect(answers.last).to_contain_text("w3 ", timeout=WAIT_MS)
+    # At its first word: the page's throttled save of the answer may not have run.
+    expect(answers.last).to_contain_text("w0 ", timeout=WAIT_MS)
     resumed_from = len(requests)
     page.reload()
     reloaded.set()
