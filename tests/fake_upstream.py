@@ -136,6 +136,17 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """No text until the test sets ``until`` (or ``limit_seconds`` pass), only an SSE
+    comment every tenth of a second (the client's read timeout must not fire), while
+    watching for the client closing the connection: the answer is still running at
+    whatever the test does meanwhile, however slow the machine."""
+
+    until: threading.Event
+    limit_seconds: float = 10
+
+
+@dataclass(frozen=True)
 class Abort:
     """Reset the TCP connection mid-response (RST, no terminating chunk).
 
@@ -190,6 +201,7 @@ Step = (
     | Done
     | Raw
     | Sleep
+    | Hold
     | Abort
     | Hangup
     | Forever
@@ -615,6 +627,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if isinstance(step, Sleep):
                 ok = self._wait(rec, step.seconds)
+            elif isinstance(step, Hold):
+                ok = self._hold(rec, step)
             elif isinstance(step, Forever):
                 ok = self._forever(rec, enc, step)
             elif isinstance(step, Flood):
@@ -663,6 +677,15 @@ class _Handler(BaseHTTPRequestHandler):
         while (left := deadline - time.monotonic()) > 0:
             if self.server.fake._stopping.is_set() or self._hung_up(min(left, 1.0)):
                 return self._gone(rec)
+        return True
+
+    def _hold(self, rec: RecordedRequest, step: Hold) -> bool:
+        """Hold the answer until ``step.until`` is set; False if the client left."""
+        deadline = time.monotonic() + step.limit_seconds
+        while not step.until.is_set() and time.monotonic() < deadline:
+            held = self._write(rec, b": held\n\n", step=False)
+            if not (held and self._wait(rec, 0.1)):
+                return False
         return True
 
     def _hung_up(self, timeout: float) -> bool:

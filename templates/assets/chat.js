@@ -191,9 +191,14 @@ let live = null; // the answer in flight: `{turn, stopper}` (an AbortController)
 let resumable = false;
 const SAVED = "streaming-completions.turns"; // their sessionStorage key
 // The page is going away: its streams fail now (EventSource's even before
-// "pagehide"), and that is no part of the conversation to resume.
+// "pagehide"), and that is no part of the conversation to resume. What came in since
+// the last throttled save is kept first: else a reload right after an answer's first
+// events (the save of the one before still due) would lose that answer.
 let leaving = false;
-addEventListener("beforeunload", () => { leaving = true; });
+addEventListener("beforeunload", () => {
+  save();
+  leaving = true;
+});
 addEventListener("pageshow", () => { leaving = false; }); // back from the cache
 
 /** A new element; `text` goes in as a text node, never parsed as HTML. */
