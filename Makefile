@@ -64,7 +64,12 @@ tests/ai_sdk/node_modules: tests/ai_sdk/package.json tests/ai_sdk/package-lock.j
 	cd tests/ai_sdk && npm ci --no-audit --no-fund
 	touch $@
 
-test: $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) tests/ai_sdk/node_modules chat-ui ## Run the whole test suite (starts every server mode once)
+# What the tests drive, set up side by side: mostly downloads and unpacking.
+TEST_DEPS := $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) \
+	tests/ai_sdk/node_modules chat-ui
+
+test: ## Run the whole test suite (starts every server mode once)
+	$(MAKE) -j4 $(TEST_DEPS)
 	$(BIN)/python -m pytest
 
 # The useChat example page (GET /use-chat): React and the AI SDK from npm, bundled by

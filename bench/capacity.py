@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from bench.report import number  # noqa: E402
-from bench.targets import Target  # noqa: E402
+from bench.report import number, pyplot
+from bench.targets import Target
 
 
 @dataclass(frozen=True)
@@ -192,6 +187,7 @@ def plot(rows: list[Curves], levels: Sequence[int], rate: float, path: Path) -> 
 
     Each point is the median of the runs; the bars span the runs' min and max.
     """
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     panels: list[tuple[str, Pick, bool]] = [
         ("chunk latency added p50, ms", p50, True),

@@ -15,12 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from bench.targets import Target  # noqa: E402
+from bench.targets import Target
 
 COLORS = {"ours": "#1f77b4", "baseline": "#9a9a9a", "floor": "#2ca02c"}
 
@@ -123,8 +118,20 @@ def table(rows: list[Figures], streams: int, rate: float) -> str:
     return "\n".join(lines)
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing into files. It is the bench's own dependency
+    (``.[bench]``), imported when a plot is drawn: the tables need none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(rows: list[Figures], streams: int, rate: float, path: Path) -> None:
     """CPU per chunk (full speed, paced) and latency p99: log scales, bar per target."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     _bars(
         axes[0],

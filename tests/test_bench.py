@@ -70,7 +70,6 @@ def test_the_benchs_redis_counts_a_servers_connections_by_name(
 
 
 def test_costs_take_each_runs_ratio_then_the_median() -> None:
-    pytest.importorskip("matplotlib")  # bench.capacity plots: `make bench` installs it
     from bench.capacity import Curves
     from bench.costs import repeated_costs_table
 

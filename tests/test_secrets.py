@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,9 +17,16 @@ from tests.fake_upstream import (
     Done,
     ErrorEvent,
     FakeUpstream,
+    Script,
     Text,
 )
-from tests.servers import ALL_KINDS, DJANGO_GUNICORN, FLASK_GUNICORN, ServerKind
+from tests.servers import (
+    ALL_KINDS,
+    DJANGO_GUNICORN,
+    FLASK_GUNICORN,
+    Server,
+    ServerKind,
+)
 
 
 def test_the_key_appears_in_no_response_and_no_log_line(
@@ -41,33 +49,15 @@ def test_the_key_appears_in_no_response_and_no_log_line(
     ]
     servers = [pool.get(kind) for kind in ALL_KINDS]
     refused = [pool.get(kind, "refused") for kind in ALL_KINDS]
-    answers: list[bytes] = []
-    for server in servers + refused:
-        for path in ("/", "/healthz", "/nope"):
-            status, headers, body = server.request("GET", path)
-            answers.append(str(headers).encode() + body)
-        # An unreachable upstream fails alike whatever the script: one is enough.
-        for script in scripts if server in servers else scripts[:1]:
-            ui_text = {"type": "text", "text": f"k {script.marker}"}
-            ui_message = {"role": "user", "parts": [ui_text]}
-            for response in (
-                get_chat(server, f"k {script.marker}"),
-                post_json(
-                    server, "/completions/chat", {"prompt": f"k {script.marker}"}
-                ),
-                post_json(server, "/api/chat", {"messages": [ui_message]}),
-            ):
-                answers.append(str(response[1]).encode() + response[2])
-            try:
-                answers.append(
-                    post_json(server, "/api/stream", {"message": f"k {script.marker}"})[
-                        2
-                    ]
-                )
-            except (
-                Exception
-            ) as exc:  # a cut-off raw body: its text must not leak either
-                answers.append(repr(exc).encode())
+    # An unreachable upstream fails alike whatever the script: one is enough.
+    plans = [(server, scripts) for server in servers]
+    plans += [(server, scripts[:1]) for server in refused]
+    with ThreadPoolExecutor(len(plans)) as threads:  # the servers side by side
+        answers = [
+            answer
+            for answered in threads.map(lambda plan: _answers(*plan), plans)
+            for answer in answered
+        ]
     # Its own scripts' requests: other tests' servers use other keys.
     requests = [r for script in scripts for r in script.requests]
     assert requests and all(
@@ -80,6 +70,32 @@ def test_the_key_appears_in_no_response_and_no_log_line(
         log = server.log()
         assert log, server.name
         assert FAKE_API_KEY[-12:] not in log, server.name
+
+
+def _answers(server: Server, scripts: list[Script]) -> list[bytes]:
+    """Everything ``server`` answered: pages, errors, and each route for each
+    script, headers included."""
+    answers: list[bytes] = []
+    for path in ("/", "/healthz", "/nope"):
+        status, headers, body = server.request("GET", path)
+        answers.append(str(headers).encode() + body)
+    for script in scripts:
+        ui_message = {
+            "role": "user",
+            "parts": [{"type": "text", "text": script.marker}],
+        }
+        for response in (
+            get_chat(server, f"k {script.marker}"),
+            post_json(server, "/completions/chat", {"prompt": f"k {script.marker}"}),
+            post_json(server, "/api/chat", {"messages": [ui_message]}),
+        ):
+            answers.append(str(response[1]).encode() + response[2])
+        try:
+            message = {"message": f"k {script.marker}"}
+            answers.append(post_json(server, "/api/stream", message)[2])
+        except Exception as exc:  # a cut-off raw body: its text must not leak either
+            answers.append(repr(exc).encode())
+    return answers
 
 
 @pytest.mark.parametrize("key_name", ODD_KEYS.keys())
