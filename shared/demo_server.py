@@ -29,13 +29,14 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx2
 
@@ -255,14 +256,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-class _Stopped(Exception):
-    """Raised by SIGTERM or SIGINT in the main thread, to leave ``serve_forever``."""
-
-
-def _stop(signum: int, frame: FrameType | None) -> NoReturn:
-    raise _Stopped(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then exit 0."""
     args = _arguments(argv)
@@ -276,18 +269,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"Cannot listen on {args.host!r} port {args.port}: {error.strerror}. "
             "Pick another --port (or --port 0 for any free one)."
         )
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopped_by: list[str] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # serve_forever() returns at its next poll. Not an exception raised here:
+        # it would come out of whatever the main thread was doing, a lock held.
+        stopped_by.append(signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     with server:
         log.info(
             "Demo upstream on %s/v1: set OPENAI_BASE_URL to that and "
             "OPENAI_API_KEY to any value.",
             server.origin,
         )
-        try:
-            server.serve_forever()
-        except _Stopped as stop:
-            log.info("Demo upstream stopped (%s).", stop)
+        server.serve_forever()
+        log.info("Demo upstream stopped (%s).", ", ".join(stopped_by))
 
 
 if __name__ == "__main__":
