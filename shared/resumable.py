@@ -40,6 +40,7 @@ from shared.streaming import (
     client_has_left,
 )
 from shared.ui_message_stream import UI_MESSAGE_STREAM_HEADERS, UiMessageEncoder
+from shared.validation import query_fields
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def last_event_id(environ: Mapping[str, Any]) -> str | None:
     header = environ.get("HTTP_LAST_EVENT_ID")
     if header:
         return str(header)
-    from shared.validation import query_fields
-
     for name, value in query_fields(environ.get("QUERY_STRING", "")):
         if name == "lastEventId" and value:
             return value
