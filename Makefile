@@ -68,9 +68,13 @@ tests/ai_sdk/node_modules: tests/ai_sdk/package.json tests/ai_sdk/package-lock.j
 TEST_DEPS := $(STAMP) $(CHROMIUM) $(REDIS) $(NGINX) $(OPENAI2_STAMP) \
 	tests/ai_sdk/node_modules chat-ui
 
-test: ## Run the whole test suite (starts every server mode once)
+# Most of the suite waits on servers, clients and the clock: two sessions side by side,
+# each taking whole files (its servers start at most once in each), halve the time.
+TEST_WORKERS ?= 2
+
+test: ## Run the whole test suite (starts every server mode once per session; TEST_WORKERS=1 for one)
 	$(MAKE) -j4 $(TEST_DEPS)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The useChat example page (GET /use-chat): React and the AI SDK from npm, bundled by
 # esbuild. The SDK declares Node >= 22 but only runs in the browser here: the build
