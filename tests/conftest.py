@@ -72,13 +72,16 @@ IDENTIFIED = {
 }
 # The configurations "tools" and "tools-responses": the server runs tests/tools.py's
 # functions, a hanging one is given up after a second, and keep-alives come often
-# enough to be seen while a tool runs.
+# enough to be seen while a tool runs. Their tests play chained scripts, one model
+# call after another: the longer upstream timeout keeps a loaded machine from making
+# the SDK send a call again, which would play the next call's script to it.
 TOOLS_KEEPALIVE_SECONDS = 0.2
 TOOLS = {
     "STREAM_TOOLS": "tests.tools.add,tests.tools.broken,tests.tools.slow",
     "STREAM_MAX_STEPS": "3",
     "STREAM_TOOL_TIMEOUT_SECONDS": "1",
     "STREAM_KEEPALIVE_SECONDS": str(TOOLS_KEEPALIVE_SECONDS),
+    "STREAM_UPSTREAM_TIMEOUT_SECONDS": "10",
 }
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 # Keys that look like nothing a pattern could recognise: only their values can be
