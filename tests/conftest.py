@@ -1,5 +1,5 @@
-"""Fixtures: fake upstreams (plain and TLS), a forward proxy to them, and the apps as
-real server processes.
+"""Fixtures: fake upstreams (plain and TLS), a forward proxy to them, the apps as
+real server processes, and headless Chromium for the page tests.
 
 Every server configuration is started once per session, on first use, and stopped
 by its PID when the session ends. Contract tests take the ``server`` fixture, which
@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from playwright.sync_api import Browser, sync_playwright
 
+from tests.chromium import launch
 from tests.fake_upstream import PROXY_ONLY_HOST, FakeUpstream
 from tests.forward_proxy import ForwardProxy
 from tests.servers import (
@@ -220,6 +222,15 @@ class ServerPool:
                 wait_or_kill(server.process)
         if self._redis is not None:
             self._redis.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for the page tests of one module."""
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

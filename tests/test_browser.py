@@ -24,10 +24,9 @@ from playwright.sync_api import (
     Browser,
     Locator,
     expect,
-    sync_playwright,
 )
 
-from tests.chromium import WatchedPage, launch
+from tests.chromium import WatchedPage
 from tests.conftest import ServerPool
 from tests.fake_upstream import (
     Done,
@@ -131,14 +130,6 @@ class ChatPage(WatchedPage):
         self.console_errors = [
             e for e in self.console_errors if not re.search(pattern, e)
         ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(

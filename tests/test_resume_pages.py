@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, expect
 
-from tests.chromium import WatchedPage, launch
+from tests.chromium import WatchedPage
 from tests.conftest import ServerPool
 from tests.fake_upstream import (
     Done,
@@ -65,14 +64,6 @@ def slow_answer(reloaded: threading.Event) -> list[Step]:
         if index == 4:
             steps.append(Hold(reloaded))
     return [*steps, Finish("stop"), Done()]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +122,11 @@ def assert_clean(watched: WatchedPage) -> None:
 # ---- The demo page ---------------------------------------------------------------
 
 
+def kind_or_mode(value: ServerKind | str) -> str:
+    """A test id's part: the server's name, or the page's way of reading."""
+    return value.name if isinstance(value, ServerKind) else value
+
+
 def ask_demo(page: Page, prompt: str, mode: str) -> None:
     page.check(f"input[name=mode][value={mode}]")
     box = page.get_by_role("textbox", name="Message")
@@ -141,7 +137,7 @@ def ask_demo(page: Page, prompt: str, mode: str) -> None:
 @pytest.mark.parametrize(
     ("kind", "mode"),
     [(FLASK_GUNICORN, "fetch"), (DJANGO_GUNICORN, "eventsource")],
-    ids=lambda value: value.name if isinstance(value, ServerKind) else value,
+    ids=kind_or_mode,
 )
 def test_demo_page_shows_the_whole_answer_once_after_a_reload_mid_answer(
     browser: Browser,
@@ -188,7 +184,7 @@ def test_demo_page_shows_the_whole_answer_once_after_a_reload_mid_answer(
 @pytest.mark.parametrize(
     ("kind", "mode"),
     [(FLASK_GUNICORN, "eventsource"), (DJANGO_GUNICORN, "fetch")],
-    ids=lambda value: value.name if isinstance(value, ServerKind) else value,
+    ids=kind_or_mode,
 )
 def test_demo_page_stop_closes_the_upstream_within_a_second(
     browser: Browser,

@@ -19,10 +19,9 @@ from playwright.sync_api import (
     Locator,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
-from tests.chromium import WatchedPage, launch
+from tests.chromium import WatchedPage
 from tests.conftest import ServerPool
 from tests.fake_upstream import (
     Done,
@@ -88,14 +87,6 @@ class UseChatPage(WatchedPage):
             "els => els.map(el => el.dataset.testid)"
         )
         return ids
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(
